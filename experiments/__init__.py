@@ -1,0 +1,1 @@
+"""absl entry points: train, evaluate, sweep, benchmark, compare, toy_latent."""

@@ -1,0 +1,1 @@
+"""One module per `experiments.benchmark --what=...`."""

@@ -1,0 +1,38 @@
+"""Prints benchmark figures as one JSON object per line.
+
+    python -m experiments.benchmark --what=env
+    python -m experiments.benchmark --what=train_step --size=paper
+    python -m experiments.benchmark --what=loop | acting | sweep | wipe
+
+Each `--what` lives in `experiments/bench/<what>.py` as `run(flags) -> iterable of dicts`.
+Record results in BENCHMARKS.md with the command, machine and date.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+from absl import app, flags
+
+WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe")
+flags.DEFINE_enum("what", "env", WHATS, "Which benchmark to run.")
+flags.DEFINE_enum("size", "tiny", ["tiny", "paper"], "Model size for model benchmarks.")
+flags.DEFINE_list("tasks", [], "Tasks (default: each benchmark's own list).")
+flags.DEFINE_integer("repeats", 0, "Timed repetitions (0: the benchmark's default).")
+flags.DEFINE_string("method", "mummi", "Method preset for model benchmarks.")
+flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    module = importlib.import_module(f"experiments.bench.{FLAGS.what}")
+    for record in module.run(FLAGS):
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

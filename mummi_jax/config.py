@@ -1,0 +1,640 @@
+"""One source of truth for every option: typed frozen dataclasses, presets and validation.
+
+A method is a configuration of one model (STYLE.md "One model, many methods"):
+fusion (`poe` | `concat`), a representation loss per modality, a behaviour learner and a
+planner. Paper constants live in the presets below, never in model code.
+
+Where the MuMMI/CVRL papers and the released TensorFlow code disagree, the option takes
+the value named by `fidelity`: `reference` (what produced the published numbers, the
+default) or `paper`. README.md has the full table of such differences.
+
+Overrides use dotted keys (`model.deter=100`, `loss.free_nats=1.0`); unknown keys and
+values of the wrong type raise `ValueError` naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
+
+METHODS = ("mummi", "mummi_b", "mssm_e", "cvrl", "dreamer", "coral_v", "coral_p")
+FIDELITIES = ("reference", "paper")
+SIZES = ("paper", "tiny")
+FUSIONS = ("poe", "concat")
+POE_FORMS = ("reference", "gaussian")
+REP_LOSSES = ("mummi", "mummi_b", "bilinear_nce", "recon", "coral_v", "coral_p", "none")
+LEARNERS = ("imagination", "sac", "none")
+PLANNERS = ("none", "latent_mpc")
+MISSING_PROCESSES = ("reference", "paper", "none")
+
+
+# ----------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class EnvConfig:
+    """Environment and missing-data options (MuMMI Sec. V; reference-code.md §4, §6)."""
+
+    task: str = "walker_walk"
+    # Empty means the task's default modalities (image, depth, touch for Natural MuJoCo).
+    modalities: tuple[str, ...] = ()
+    image_size: int = 64
+    action_repeat: int = 2
+    time_limit: int = 1000  # env steps; 500 agent steps with action repeat 2
+    background: str = "default"  # "default" (offline bank) | "none" | a folder of videos/images
+    composite: str = "segmentation"  # "segmentation" (exact) | "red_threshold" (released code)
+    touch_site: str = "sole"  # walker: "sole" (MuMMI-like) | "foot"; cup: "bottom" | "interior"
+    fast_render: bool = True  # render settings that change the picture by < 0.5/255
+    # Missing data: "reference" = Bernoulli segment starts with probability p, length U{1..14};
+    # "paper" = segments constrained to an exact missing fraction.
+    missing: str = "reference"
+    missing_train: float = 0.05  # reference: p; paper: fraction (0.375)
+    missing_test: tuple[float, ...] = (0.0, 0.05, 0.10)  # paper: (0.0, 0.375, 0.75)
+    missing_eval: float = 0.05  # periodic evaluation during training (released code: p = 0.05)
+    max_missing_len: int = 14
+    envs: int = 1  # worker processes for collection
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """MSSM architecture (MuMMI appendix B; reference-code.md §2)."""
+
+    fusion: str = "poe"
+    poe: str = "reference"  # "reference": 1/sigma weights, +0.01, mean only; "gaussian": 1/sigma^2
+    poe_prior_expert: bool = False  # gaussian PoE only: include an N(0, I) expert
+    cnn_depth: int = 32
+    cnn_layers: int = 4
+    touch_hidden: int = 128
+    touch_layers: int = 3
+    proprio_hidden: int = 300
+    proprio_layers: int = 3
+    embed: int = 1024  # MLP encoder output width (touch, proprio)
+    expert_hidden: int = 1024
+    fused: int = 1024  # dim(s^f): 1024 Natural MuJoCo, 256 Table Wiping
+    deter: int = 200
+    stoch: int = 30
+    hidden: int = 200
+    units: int = 400  # reward / value / actor width
+    reward_layers: int = 2
+    value_layers: int = 3
+    actor_layers: int = 4
+    min_std: float = 0.1
+    g_activation: str = "relu"  # g(z) of eq. 16: the released code ends in a ReLU
+    # CVRL score head: "reference" = two ELU layers per side, dot product (released code);
+    # "paper" = one FC per side and a bilinear z^T W s (CVRL Sec. 3.1).
+    cvrl_head: str = "reference"
+    cvrl_obs_hidden: int = 400
+    cvrl_state_hidden: int = 200
+    coral_proj: int = 50
+    coral_state_hidden: int = 256
+    touch_scale: str = "div200"  # "div200" (MuMMI) | "raw" (CVRL, Dreamer) | "log1p"
+    depth_scale: float = 200.0
+    decoder_touch_hidden: int = 96
+    precision: str = "float32"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """World-model objective (MuMMI eq. 10, 14-17; CVRL eq. 4; CoRAL eq. 3-4)."""
+
+    # One loss for every modality, or a per-modality list "image=coral_v,touch=recon".
+    representation: str = "mummi"
+    # Per-modality weights lambda^m (eq. 17); modalities not named get 1.
+    weights: str = "image=1,depth=1,touch=0.001"
+    nce_mask: str = "reference"  # "reference": missing columns get -100; "exact": excluded
+    nce_mean: str = "all_rows"  # "all_rows" (reference) | "present_rows"
+    free_nats: float = 3.0
+    kl_mode: str = "batch_mean"  # "batch_mean" (reference) | "per_step"
+    kl_balance: float = 0.0  # 0 = off; DreamerV2/CoRAL use 0.8
+    kl_scale: float = 1.0
+    reward_scale: float = 1.0
+    modality_drop: float = 0.0  # MSSM-e: probability of dropping each present modality
+    coral_temp_init: float = 1.0
+    coral_temp_lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class BehaviorConfig:
+    """Actor-critic, SAC and latent-guided MPC (MuMMI app. A; CVRL Sec. 3.2-3.3)."""
+
+    learner: str = "imagination"
+    horizon: int = 15
+    gamma: float = 0.99
+    lam: float = 0.95
+    actor_entropy: float = 0.0
+    slow_value: bool = False
+    slow_value_decay: float = 0.98
+    # SAC: CVRL's hybrid term on real latent trajectories (weight > 0 enables it), or the
+    # model-free learner when learner == "sac" (CoRAL).
+    sac_weight: float = 0.0
+    sac_pairing: str = "time"  # "time" (correct) | "batch" (released CVRL code)
+    sac_actor_grad: bool = True  # the released CVRL code never applies it
+    sac_tau: float = 0.005
+    sac_hidden: int = 400
+    sac_layers: int = 3
+    sac_init_alpha: float = 1.0
+    planner: str = "latent_mpc"
+    mpc_iters: int = 1
+    mpc_lr: float = 0.003
+    mpc_horizon: int = 15
+    mpc_first_action_only: bool = True  # released code: one step on a_0 only
+    expl_noise: float = 0.3
+    eval_mode: str = "sample"  # "sample" (reference MuMMI) | "mode"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Three optax chains (reference-code.md §5.3): Adam + global-norm clip."""
+
+    model_lr: float = 6e-4
+    actor_lr: float = 8e-5
+    value_lr: float = 8e-5
+    sac_lr: float = 8e-5
+    eps: float = 1e-7  # Keras' Adam epsilon; optax defaults to 1e-8
+    clip: float = 30.0  # MuMMI repo 30, CVRL repo 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Schedule, replay and logging (reference-code.md §7)."""
+
+    steps: int = 2_000_000  # env steps
+    batch: int = 50
+    length: int = 50
+    prefill_episodes: int = 5
+    train_every: int = 1000  # env steps
+    train_steps: int = 100  # updates per phase
+    updates_per_call: int = 10  # K updates scanned inside one jitted call
+    eval_every: int = 10_000  # env steps
+    eval_episodes: int = 1
+    test_episodes: int = 10
+    log_every: int = 1000
+    checkpoints_kept: int = 3
+    replay_capacity: int = 2_000_000  # env steps kept in memory
+    prefetch: int = 2
+    video_every: int = 0  # 0 = only the final evaluation
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str = "mummi"
+    fidelity: str = "reference"
+    size: str = "paper"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def rep_losses(self, modalities: typing.Sequence[str]) -> dict[str, str]:
+        """Representation loss for each modality, parsed from `loss.representation`."""
+        return parse_per_modality(self.loss.representation, modalities, str, "loss.representation")
+
+    def loss_weights(self, modalities: typing.Sequence[str]) -> dict[str, float]:
+        weights = parse_per_modality(
+            self.loss.weights, modalities, float, "loss.weights", default=1.0, allow_extra=True
+        )
+        return {m: weights[m] for m in modalities}
+
+
+# ----------------------------------------------------------------------------- parsing
+def parse_per_modality(spec, modalities, cast, key, default=None, allow_extra=False):
+    """Parses "name" (one value for all) or "m1=v1,m2=v2" into {modality: value}."""
+    spec = str(spec).strip()
+    if not spec and default is not None:
+        return {m: default for m in modalities}
+    if "=" not in spec:
+        return {m: cast(spec) for m in modalities}
+    out = {m: default for m in modalities}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in modalities and not allow_extra:
+            raise ValueError(
+                f"{key}: modality {name!r} is not one of this task's modalities "
+                f"{tuple(modalities)}; remove it or pick a task that has it."
+            )
+        try:
+            out[name] = cast(value.strip())
+        except ValueError as e:
+            raise ValueError(f"{key}: cannot read {value!r} for {name!r}: {e}") from None
+    missing = [m for m, v in out.items() if v is None]
+    if missing:
+        raise ValueError(f"{key}: no value for modalities {missing}; spec was {spec!r}")
+    return out
+
+
+def _section_types(section) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in fields(section)}
+
+
+def _coerce(value, typ, key):
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() in ("true", "1", "yes"):
+                    return True
+                if text.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError("expected true or false")
+            if typ is int:
+                as_float = float(text)
+                if as_float != int(as_float):
+                    raise ValueError("expected an integer")
+                return int(as_float)  # accepts "1e4", like the reference's flags
+            if typ is float:
+                return float(text)
+            if typ is str:
+                return text
+            if typing.get_origin(typ) is tuple:
+                (inner, *_rest) = typing.get_args(typ)
+                parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+                return tuple(_coerce(p, inner, key) for p in parts)
+        except ValueError as e:
+            raise ValueError(
+                f"override {key}={value!r}: wrong type, expected {_type_name(typ)} ({e})"
+            ) from None
+    # Non-string values (from Python callers) are type-checked, not converted silently.
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(typ) is tuple and isinstance(value, (list, tuple)):
+        (inner, *_rest) = typing.get_args(typ)
+        return tuple(_coerce(v, inner, key) for v in value)
+    base = typing.get_origin(typ) or typ
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ValueError(
+            f"override {key}={value!r}: wrong type {type(value).__name__}, "
+            f"expected {_type_name(typ)}"
+        )
+    return value
+
+
+def _type_name(typ):
+    return getattr(typ, "__name__", str(typ))
+
+
+SECTIONS = ("env", "model", "loss", "behavior", "optim", "train")
+TOP_LEVEL = ("method", "fidelity", "size", "seed")
+
+
+def all_keys(config: Config | None = None) -> list[str]:
+    config = config or Config()
+    keys = list(TOP_LEVEL)
+    for name in SECTIONS:
+        keys += [f"{name}.{f.name}" for f in fields(getattr(config, name))]
+    return keys
+
+
+def override(config: Config, overrides: dict[str, Any] | typing.Iterable[str]) -> Config:
+    """Returns a copy with dotted-key overrides applied ("model.deter=100" or a dict)."""
+    if not isinstance(overrides, dict):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like section.key=value")
+            key, _, value = item.partition("=")
+            pairs[key.strip()] = value
+        overrides = pairs
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name:
+            if key not in ("seed",):
+                raise ValueError(
+                    f"unknown override key {key!r}; top-level keys that can be overridden: "
+                    "seed (use --method/--task/--size/--fidelity for the others)"
+                )
+            config = replace(config, seed=_coerce(value, int, key))
+            continue
+        if section not in SECTIONS:
+            raise ValueError(f"unknown config section {section!r} in {key!r}; valid: {SECTIONS}")
+        sub = getattr(config, section)
+        types = _section_types(sub)
+        if name not in types:
+            close = [k for k in types if name[:3] in k]
+            raise ValueError(
+                f"unknown config key {key!r}; {section} has {sorted(types)}"
+                + (f" (did you mean {section}.{close[0]}?)" if close else "")
+            )
+        sub = replace(sub, **{name: _coerce(value, types[name], key)})
+        config = replace(config, **{section: sub})
+    return config
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuilds a Config from `to_dict()` output (e.g. a run's saved config.json)."""
+    config = Config()
+    flat = {}
+    for key in TOP_LEVEL:
+        if key in data:
+            flat[key] = data[key]
+    config = replace(config, **{k: v for k, v in flat.items()})
+    for section in SECTIONS:
+        values = data.get(section, {})
+        sub = getattr(config, section)
+        types = _section_types(sub)
+        unknown = set(values) - set(types)
+        if unknown:
+            raise ValueError(f"config section {section!r} has unknown keys {sorted(unknown)}")
+        sub = replace(sub, **{k: _coerce(v, types[k], f"{section}.{k}") for k, v in values.items()})
+        config = replace(config, **{section: sub})
+    return config
+
+
+# ----------------------------------------------------------------------------- presets
+def _mummi(c: Config) -> Config:
+    return c
+
+
+def _mummi_b(c: Config) -> Config:
+    # One density ratio on the fused mean: a single loss term, weight 1 (MuMMI Sec. V).
+    return override(c, {"loss.representation": "mummi_b", "loss.weights": "fused=1"})
+
+
+def _mssm_e(c: Config) -> Config:
+    # PoE + reconstruction ELBO + random modality drops (MuMMI Sec. VI, [3]).
+    c = override(
+        c,
+        {
+            "loss.representation": "recon",
+            "loss.weights": "image=1,depth=1,touch=1",
+            "loss.modality_drop": 0.2,
+            "model.poe": "gaussian",
+            "model.touch_scale": "raw",
+        },
+    )
+    return c
+
+
+def _cvrl(c: Config) -> Config:
+    c = override(
+        c,
+        {
+            "model.fusion": "concat",
+            "loss.representation": "bilinear_nce",
+            "loss.weights": "image=1,depth=1,touch=1",
+            "model.touch_scale": "raw",
+            "model.touch_hidden": 256,
+        },
+    )
+    if c.fidelity == "paper":
+        # CVRL's hybrid SAC term as the paper describes it (Sec. 3.3), correctly paired.
+        c = override(c, {"behavior.sac_weight": 1.0, "model.cvrl_head": "paper", "optim.clip": 100.0})
+    else:
+        # MuMMI's experiments ran CVRL with use_sac=False (reference-code.md §5.5).
+        c = override(c, {"behavior.sac_weight": 0.0, "behavior.sac_actor_grad": False})
+    return c
+
+
+def _dreamer(c: Config) -> Config:
+    c = override(
+        c,
+        {
+            "model.fusion": "concat",
+            "loss.representation": "recon",
+            "loss.weights": "image=1,depth=1,touch=1",
+            "model.touch_scale": "raw",
+            "behavior.eval_mode": "mode",
+        },
+    )
+    # The released dreamer.py has no MPC; the paper says every method used it.
+    planner = "latent_mpc" if c.fidelity == "paper" else "none"
+    return override(c, {"behavior.planner": planner})
+
+
+def _coral(c: Config, variant: str) -> Config:
+    c = override(
+        c,
+        {
+            "model.fusion": "concat",
+            "loss.representation": f"image={variant},depth=recon,touch=recon,proprio=recon",
+            "loss.weights": "image=1,depth=1,touch=1,proprio=1",
+            "model.touch_scale": "log1p",
+            "loss.kl_mode": "per_step",
+            "loss.free_nats": 1.0,
+            "optim.model_lr": 3e-4,
+            "optim.eps": 1e-8,
+            "optim.clip": 10.0,
+            "behavior.planner": "none",
+            "behavior.learner": "sac",
+            "behavior.sac_hidden": 1024,
+            "optim.sac_lr": 1e-3,
+            "behavior.sac_init_alpha": 0.1,
+            "behavior.sac_tau": 0.005,
+            "behavior.eval_mode": "mode",
+        },
+    )
+    if variant == "coral_v":
+        c = override(c, {"loss.kl_balance": 0.8, "loss.kl_scale": 1.0})
+    else:
+        c = override(c, {"loss.kl_balance": 0.0, "loss.kl_scale": 0.001})
+    return c
+
+
+PRESETS = {
+    "mummi": _mummi,
+    "mummi_b": _mummi_b,
+    "mssm_e": _mssm_e,
+    "cvrl": _cvrl,
+    "dreamer": _dreamer,
+    "coral_v": lambda c: _coral(c, "coral_v"),
+    "coral_p": lambda c: _coral(c, "coral_p"),
+}
+
+
+def _paper_fidelity(c: Config) -> Config:
+    """Options where the MuMMI paper's text differs from the released code."""
+    over = {
+        "env.missing": "paper",
+        "env.missing_train": 0.375,
+        "env.missing_test": (0.0, 0.375, 0.75),
+        "env.missing_eval": 0.0,
+        "loss.nce_mask": "exact",
+        "loss.nce_mean": "present_rows",
+    }
+    if c.model.fusion == "poe":
+        over["model.poe"] = "gaussian"
+    return override(c, over)
+
+
+def _tiny(c: Config) -> Config:
+    """Small networks and images: a run finishes in minutes on a 2-core CPU."""
+    return override(
+        c,
+        {
+            "env.image_size": 32,
+            "env.time_limit": 200,
+            "model.cnn_depth": 8,
+            "model.cnn_layers": 3,
+            "model.touch_hidden": 16,
+            "model.touch_layers": 1,
+            "model.proprio_hidden": 32,
+            "model.proprio_layers": 2,
+            "model.embed": 64,
+            "model.expert_hidden": 64,
+            "model.fused": 64,
+            "model.deter": 32,
+            "model.stoch": 8,
+            "model.hidden": 32,
+            "model.units": 32,
+            "model.cvrl_obs_hidden": 32,
+            "model.cvrl_state_hidden": 32,
+            "model.coral_proj": 16,
+            "model.coral_state_hidden": 32,
+            "model.decoder_touch_hidden": 16,
+            "behavior.horizon": 5,
+            "behavior.mpc_horizon": 5,
+            "behavior.sac_hidden": 32,
+            "train.steps": 4000,
+            "train.batch": 8,
+            "train.length": 10,
+            "train.prefill_episodes": 2,
+            "train.train_every": 400,
+            "train.train_steps": 20,
+            "train.updates_per_call": 5,
+            "train.eval_every": 2000,
+            "train.log_every": 400,
+            "train.replay_capacity": 100_000,
+        },
+    )
+
+
+# Per-task environment defaults that the presets do not decide.
+TASK_DEFAULTS = {
+    "wipe": {"model.fused": 256, "loss.weights": "workspace=1,eye_in_hand=1", "env.time_limit": 500},
+}
+
+
+def make_config(
+    method: str = "mummi",
+    task: str = "walker_walk",
+    size: str = "paper",
+    fidelity: str = "reference",
+    seed: int = 0,
+    overrides: dict[str, Any] | typing.Iterable[str] = (),
+) -> Config:
+    """Builds a resolved config: base -> method preset -> fidelity -> size -> overrides."""
+    _check_choice("method", method, METHODS)
+    _check_choice("fidelity", fidelity, FIDELITIES)
+    _check_choice("size", size, SIZES)
+    config = Config(method=method, fidelity=fidelity, size=size, seed=seed)
+    config = override(config, {"env.task": task})
+    modalities = task_modalities(task)
+    config = PRESETS[method](config)
+    if fidelity == "paper":
+        config = _paper_fidelity(config)
+    for key, value in TASK_DEFAULTS.get(task, {}).items():
+        config = override(config, {key: value})
+    if size == "tiny":
+        config = _tiny(config)
+    # Preset weights name every modality a suite can have; keep the ones this task has.
+    config = _restrict_weights(config, modalities)
+    config = override(config, overrides)
+    modalities = task_modalities(task, config.env.modalities)
+    config = _restrict_rep(config, modalities)
+    validate(config, modalities)
+    return config
+
+
+def _restrict_weights(config: Config, modalities) -> Config:
+    spec = config.loss.weights
+    if "=" not in spec:
+        return config
+    keep = [p for p in spec.split(",") if p.partition("=")[0].strip() in (*modalities, "fused")]
+    return override(config, {"loss.weights": ",".join(keep)})
+
+
+def _restrict_rep(config: Config, modalities) -> Config:
+    """Per-modality representation presets (CoRAL) name modalities the task may lack."""
+    spec = config.loss.representation
+    if "=" not in spec:
+        return config
+    parts = {p.partition("=")[0].strip(): p.partition("=")[2].strip() for p in spec.split(",")}
+    missing = [m for m in modalities if m not in parts]
+    # A CoRAL preset's image-like modalities take the contrastive loss, the rest recon.
+    contrastive = next((v for v in parts.values() if v.startswith("coral")), "recon")
+    for m in missing:
+        parts[m] = contrastive if m in IMAGE_MODALITIES else "recon"
+    spec = ",".join(f"{m}={parts[m]}" for m in modalities)
+    return override(config, {"loss.representation": spec})
+
+
+def _check_choice(key, value, choices):
+    if value not in choices:
+        raise ValueError(f"unknown {key} {value!r}; valid choices: {', '.join(choices)}")
+
+
+def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> None:
+    """Rejects combinations that make no sense, before anything is built or compiled.
+
+    `modalities` (the task's observation modalities) enables per-modality checks.
+    """
+    m, loss, b, e = config.model, config.loss, config.behavior, config.env
+    _check_choice("method", config.method, METHODS)
+    _check_choice("fidelity", config.fidelity, FIDELITIES)
+    _check_choice("size", config.size, SIZES)
+    _check_choice("model.fusion", m.fusion, FUSIONS)
+    _check_choice("model.poe", m.poe, POE_FORMS)
+    _check_choice("model.cvrl_head", m.cvrl_head, ("reference", "paper"))
+    _check_choice("model.touch_scale", m.touch_scale, ("div200", "raw", "log1p"))
+    _check_choice("model.g_activation", m.g_activation, ("relu", "none"))
+    _check_choice("model.precision", m.precision, ("float32", "bfloat16"))
+    _check_choice("loss.nce_mask", loss.nce_mask, ("reference", "exact"))
+    _check_choice("loss.nce_mean", loss.nce_mean, ("all_rows", "present_rows"))
+    _check_choice("loss.kl_mode", loss.kl_mode, ("batch_mean", "per_step"))
+    _check_choice("behavior.learner", b.learner, LEARNERS)
+    _check_choice("behavior.planner", b.planner, PLANNERS)
+    _check_choice("behavior.sac_pairing", b.sac_pairing, ("time", "batch"))
+    _check_choice("behavior.eval_mode", b.eval_mode, ("sample", "mode"))
+    _check_choice("env.missing", e.missing, MISSING_PROCESSES)
+    _check_choice("env.composite", e.composite, ("segmentation", "red_threshold"))
+    if not 0 <= loss.kl_balance < 1:
+        raise ValueError(f"loss.kl_balance={loss.kl_balance} must be in [0, 1)")
+    if not 0 <= loss.modality_drop < 1:
+        raise ValueError(f"loss.modality_drop={loss.modality_drop} must be in [0, 1)")
+    if e.image_size < 2 ** m.cnn_layers * 2:
+        raise ValueError(
+            f"env.image_size={e.image_size} is too small for model.cnn_layers={m.cnn_layers} "
+            f"VALID stride-2 convs; use at least {2 ** m.cnn_layers * 2} or fewer layers"
+        )
+    rep = str(loss.representation)
+    names = [rep] if "=" not in rep else [p.partition("=")[2].strip() for p in rep.split(",")]
+    for name in names:
+        _check_choice("loss.representation", name, REP_LOSSES)
+    needs_poe = {"mummi", "mummi_b"} & set(names)
+    if needs_poe and m.fusion != "poe":
+        raise ValueError(
+            f"loss.representation={rep!r} needs model.fusion='poe' (the MuMMI density ratio "
+            f"compares per-modality expert means); got fusion={m.fusion!r}. Use method mummi "
+            "or set model.fusion=poe."
+        )
+    if "mummi_b" in names and len(set(names)) > 1:
+        raise ValueError("mummi_b is a single fused-mean loss; it cannot be mixed per modality")
+    if b.learner == "sac" and b.planner != "none":
+        raise ValueError("behavior.planner=latent_mpc needs a value function: use learner=imagination")
+    if modalities is not None:
+        config.rep_losses(modalities)
+        names_w = parse_per_modality(
+            loss.weights, modalities, float, "loss.weights", default=1.0, allow_extra=True
+        )
+        extra = sorted(set(names_w) - set(modalities) - {"fused"})
+        if extra:
+            raise ValueError(
+                f"loss.weights names modality {extra[0]!r}, which task {e.task!r} lacks; "
+                f"its modalities are {tuple(modalities)}"
+            )
