@@ -394,7 +394,9 @@ def _cvrl(c: Config) -> Config:
     )
     if c.fidelity == "paper":
         # CVRL's hybrid SAC term as the paper describes it (Sec. 3.3), correctly paired.
-        c = override(c, {"behavior.sac_weight": 1.0, "model.cvrl_head": "paper", "optim.clip": 100.0})
+        c = override(
+            c, {"behavior.sac_weight": 1.0, "model.cvrl_head": "paper", "optim.clip": 100.0}
+        )
     else:
         # MuMMI's experiments ran CVRL with use_sac=False (reference-code.md §5.5).
         c = override(c, {"behavior.sac_weight": 0.0, "behavior.sac_actor_grad": False})
@@ -516,7 +518,11 @@ def _tiny(c: Config) -> Config:
 
 # Per-task environment defaults that the presets do not decide.
 TASK_DEFAULTS = {
-    "wipe": {"model.fused": 256, "loss.weights": "workspace=1,eye_in_hand=1", "env.time_limit": 500},
+    "wipe": {
+        "model.fused": 256,
+        "loss.weights": "workspace=1,eye_in_hand=1",
+        "env.time_limit": 500,
+    },
 }
 
 
@@ -607,10 +613,10 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
         raise ValueError(f"loss.kl_balance={loss.kl_balance} must be in [0, 1)")
     if not 0 <= loss.modality_drop < 1:
         raise ValueError(f"loss.modality_drop={loss.modality_drop} must be in [0, 1)")
-    if e.image_size < 2 ** m.cnn_layers * 2:
+    if e.image_size < 2**m.cnn_layers * 2:
         raise ValueError(
             f"env.image_size={e.image_size} is too small for model.cnn_layers={m.cnn_layers} "
-            f"VALID stride-2 convs; use at least {2 ** m.cnn_layers * 2} or fewer layers"
+            f"VALID stride-2 convs; use at least {2**m.cnn_layers * 2} or fewer layers"
         )
     rep = str(loss.representation)
     names = [rep] if "=" not in rep else [p.partition("=")[2].strip() for p in rep.split(",")]
@@ -626,7 +632,9 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
     if "mummi_b" in names and len(set(names)) > 1:
         raise ValueError("mummi_b is a single fused-mean loss; it cannot be mixed per modality")
     if b.learner == "sac" and b.planner != "none":
-        raise ValueError("behavior.planner=latent_mpc needs a value function: use learner=imagination")
+        raise ValueError(
+            "behavior.planner=latent_mpc needs a value function: use learner=imagination"
+        )
     if modalities is not None:
         config.rep_losses(modalities)
         names_w = parse_per_modality(

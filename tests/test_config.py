@@ -1,0 +1,86 @@
+"""Config presets, overrides and validation: clear errors before anything is built."""
+
+import json
+
+import pytest
+
+from mummi_jax import config as C
+
+
+@pytest.mark.parametrize("method", C.METHODS)
+@pytest.mark.parametrize("fidelity", C.FIDELITIES)
+def test_every_preset_resolves_on_every_suite(method, fidelity):
+    for task in ("walker_walk", "cup_catch", "cartpole_swingup", "toy_position_camera", "wipe"):
+        for size in C.SIZES:
+            cfg = C.make_config(method, task, size, fidelity)
+            assert cfg.method == method and cfg.env.task == task
+            C.validate(cfg)
+
+
+def test_preset_values_follow_the_reference_code():
+    mummi = C.make_config("mummi", "walker_walk")
+    assert (mummi.model.fusion, mummi.model.poe, mummi.loss.representation) == (
+        "poe",
+        "reference",
+        "mummi",
+    )
+    assert mummi.loss_weights(("image", "depth", "touch")) == {
+        "image": 1.0,
+        "depth": 1.0,
+        "touch": 0.001,
+    }
+    assert mummi.optim.clip == 30.0 and mummi.optim.eps == 1e-7
+    assert mummi.behavior.planner == "latent_mpc" and mummi.env.missing_train == 0.05
+    cvrl = C.make_config("cvrl", "walker_walk")
+    assert cvrl.model.fusion == "concat" and cvrl.behavior.sac_weight == 0.0
+    assert C.make_config("cvrl", "walker_walk", fidelity="paper").behavior.sac_weight > 0
+    dreamer = C.make_config("dreamer", "walker_walk")
+    assert dreamer.behavior.planner == "none"
+    assert (
+        C.make_config("dreamer", "walker_walk", fidelity="paper").behavior.planner == "latent_mpc"
+    )
+    paper = C.make_config("mummi", "walker_walk", fidelity="paper")
+    assert paper.env.missing == "paper" and paper.env.missing_test == (0.0, 0.375, 0.75)
+    assert C.make_config("mummi", "wipe").model.fused == 256
+    coral = C.make_config("coral_p", "cartpole_swingup")
+    assert coral.rep_losses(("image", "depth")) == {"image": "coral_p", "depth": "recon"}
+
+
+def test_overrides_are_typed_and_unknown_keys_fail():
+    cfg = C.make_config("mummi", "walker_walk", overrides=["model.deter=64", "train.steps=1e4"])
+    assert cfg.model.deter == 64 and cfg.train.steps == 10_000
+    cfg = C.make_config("mummi", "walker_walk", overrides={"env.missing_test": "0,0.1"})
+    assert cfg.env.missing_test == (0.0, 0.1)
+    with pytest.raises(ValueError, match="model.deterr"):
+        C.make_config("mummi", "walker_walk", overrides=["model.deterr=3"])
+    with pytest.raises(ValueError, match="expected int"):
+        C.make_config("mummi", "walker_walk", overrides=["model.deter=abc"])
+    with pytest.raises(ValueError, match="expected int"):
+        C.make_config("mummi", "walker_walk", overrides=["model.deter=2.5"])
+    with pytest.raises(ValueError, match="unknown config section"):
+        C.make_config("mummi", "walker_walk", overrides=["modle.deter=3"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "mumi"}, "unknown method 'mumi'.*mummi_b"),
+        ({"fidelity": "exact"}, "unknown fidelity"),
+        ({"size": "huge"}, "unknown size"),
+        ({"task": "walker_fly"}, "unknown task 'walker_fly'.*walker_walk"),
+        ({"overrides": ["model.fusion=concat"]}, "needs model.fusion='poe'"),
+        ({"overrides": ["model.fusion=sum"]}, "unknown model.fusion 'sum'.*poe, concat"),
+        ({"overrides": ["loss.representation=mse"]}, "unknown loss.representation"),
+        ({"task": "cartpole_swingup", "overrides": ["loss.weights=touch=2"]}, "lacks"),
+        ({"overrides": ["env.modalities=image,sonar"]}, "no modality 'sonar'"),
+    ],
+)
+def test_nonsense_is_rejected_with_the_valid_choices(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        C.make_config(**kwargs)
+
+
+def test_config_round_trips_through_json():
+    cfg = C.make_config("coral_v", "walker_walk", "tiny", "paper", seed=3)
+    again = C.from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
