@@ -236,3 +236,19 @@ def test_unknown_names_and_options_raise(kwargs, words):
         dmc.make(**kwargs)
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["walker_walk", "cup_catch", "cheetah_run"])
+def test_injected_touch_sites_change_neither_physics_nor_pixels(name):
+    """The sites are passive and invisible: same trajectory and image as the suite's XML."""
+    with_touch = _make(name, seed=5, time_limit=20)
+    without = _make(name, seed=5, time_limit=20, modalities=("image", "depth"))
+    assert with_touch.physics.model.nsensor > without.physics.model.nsensor
+    a, b = with_touch.reset(), without.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        action = rng.uniform(-1, 1, with_touch.action_spec().shape).astype(np.float32)
+        a, b = with_touch.step(action), without.step(action)
+    np.testing.assert_array_equal(with_touch.physics.data.qpos, without.physics.data.qpos)
+    np.testing.assert_array_equal(a.observation["image"], b.observation["image"])
+    np.testing.assert_array_equal(a.observation["depth"], b.observation["depth"])
