@@ -335,6 +335,9 @@ class BackgroundPlayer:
         self._clip = 0
         self._t = 0
 
+    def reseed(self, seed: int) -> None:
+        self._rng = np.random.default_rng([seed, 0xB6])
+
     def reset(self) -> np.ndarray:
         self._clip = int(self._rng.integers(len(self.bank)))
         self._t = 0

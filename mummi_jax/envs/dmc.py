@@ -314,6 +314,21 @@ class MultiModalDMC(dm_env.Environment):
     def physics(self):
         return self._env.physics
 
+    @property
+    def episode_length(self) -> int:
+        """Agent steps per episode (observations: one more, the reset)."""
+        return -(-self._limit // self._repeat)
+
+    def reseed(self, seed: int) -> None:
+        """Re-seeds every random source (task initial state, background clip choice).
+
+        The runner calls it before each episode with a seed derived from (run seed, episode
+        index), so a run resumed from a checkpoint replays exactly the same episodes.
+        """
+        self._env.task._random = np.random.RandomState(seed)
+        if self._player is not None:
+            self._player.reseed(seed)
+
     # ------------------------------------------------------------------ stepping
 
     def reset(self) -> dm_env.TimeStep:
