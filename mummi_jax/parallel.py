@@ -1,0 +1,280 @@
+"""Seed-parallel sweeps: one configuration, S seeds, one compiled train step and acting step.
+
+Seeds of one configuration are independent runs. `SeedParallel` stacks their states on a leading
+seed axis, `vmap`s the agent's pure train and acting functions over it, and shards that axis
+over a 1-D device mesh ``("seed",)`` with `NamedSharding` (docs/notes/performance.md sec. 3.3:
+`jit(vmap(step))` in Auto mode; `pmap` is in maintenance mode on JAX 0.10 and needs S equal to
+the device count). One run's batch is never split across devices: MuMMI's contrastive
+negatives are the whole batch, and per-device negatives would change the loss.
+
+Agent requirements (besides the Agent API of docs/ARCHITECTURE.md):
+
+- ``agent.init(key) -> state`` and ``agent.initial_carry(n) -> carry``, as for a single run;
+- ``agent.train_fn(state, batches) -> (state, metrics)``: the **un-jitted** pure function that
+  ``agent.train`` jits (batches ``(K, B, T, ...)``, metrics a flat dict of scalars);
+- ``agent.act_fn(state, carry, obs, key, training) -> (action, carry)``: the **un-jitted** pure
+  function that ``agent.act`` jits; ``training`` is a Python bool (static).
+
+The sweep jits ``vmap(train_fn)`` itself, so it compiles once for all seeds; vmapping the
+already-jitted methods would also work but would hide the donation and shardings from us.
+
+Padding: with D devices (at most S are used) the seed axis is padded to P = ceil(S / D) * D rows;
+rows S..P-1 are copies of seed S-1, computed and thrown away. Device-resident trees (the stacked
+state and the stacked carry) keep all P rows between calls, so no step re-pads them; everything
+returned to the host (metrics, actions) has exactly S rows, and everything the host passes in
+(batches, observations, keys) has S rows and is padded here. Inputs travel through host memory
+straight to the device that owns their rows (`jax.make_array_from_callback`), so pass NumPy
+replay batches and observations; JAX arrays are fetched first.
+
+Equivalence: seed s of a sweep computes what a single run with ``seed_key(s)`` computes. The
+init is bitwise identical (it calls ``agent.init`` per seed); train and act agree to float
+tolerance on CPU, since batched and unbatched GEMMs may reduce in a different order
+(tests/test_parallel.py checks 1, 4 and 8 devices, divisible and not).
+
+Typical host loop (one environment instance per seed, one logdir per seed)::
+
+    sweep = SeedParallel(agent, num_seeds=len(seeds))
+    state = sweep.init(seeds)                          # (P, ...) sharded, donated by train
+    carry = sweep.initial_carry(1)                     # (P, 1, ...) sharded, donated by act
+    action, carry = sweep.act(state, carry, obs, keys, training=True)  # obs (S, 1, ...)
+    state, metrics = sweep.train(state, batches)       # batches (S, K, B, T, ...)
+    per_seed = sweep.states(state)                     # list of S states, for checkpoints
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SEED_AXIS = "seed"
+_REQUIRED = ("init", "initial_carry", "train_fn", "act_fn")
+
+PyTree = Any
+
+
+def seed_key(seed: int) -> jax.Array:
+    """Root PRNG key of the run with integer `seed`: a typed key of shape ().
+
+    Single runs and sweeps must both derive everything from this key (``agent.init(seed_key(s))``
+    and, for acting, keys folded from it), so that seed s of a sweep equals a single run of s.
+    """
+    return jax.random.key(int(seed))
+
+
+def seed_keys(seeds: Sequence[int]) -> jax.Array:
+    """Stacked root keys, shape (S,): row i is ``seed_key(seeds[i])``."""
+    return jnp.stack([seed_key(s) for s in seeds])
+
+
+def stack(trees: Sequence[PyTree]) -> PyTree:
+    """Stack S pytrees of equal structure on a new leading axis: leaves (...) -> (S, ...).
+
+    NumPy leaves stay NumPy (host replay data), anything else becomes a JAX array.
+    """
+    if not trees:
+        raise ValueError("stack() needs at least one tree")
+
+    def _stack(*xs):
+        if all(isinstance(x, np.ndarray | np.generic) for x in xs):
+            return np.stack(xs)
+        return jnp.stack(xs)
+
+    return jax.tree.map(_stack, *trees)
+
+
+def _stack_rows(*xs):
+    """Stack per-seed leaves on the host (typed keys stay typed keys), (...) -> (S, ...)."""
+    if isinstance(xs[0], jax.Array) and jnp.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
+        return jnp.stack(xs)
+    return np.stack([np.asarray(jax.device_get(x)) for x in xs])
+
+
+def unstack(tree: PyTree, i: int) -> PyTree:
+    """Row `i` of every leaf of a stacked pytree: leaves (S, ...) -> (...)."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+class SeedParallel:
+    """Runs `num_seeds` independent copies of `agent` as one vmapped, seed-sharded program.
+
+    Args:
+      agent: an Agent exposing ``init``, ``initial_carry``, ``train_fn`` and ``act_fn`` (see the
+        module docstring).
+      num_seeds: S, the number of seeds in the sweep.
+      devices: devices to shard the seed axis over; default ``jax.local_devices()`` (so in a
+        multi-process job each process runs its own sub-sweep, see `mummi_jax.distributed`).
+        At most S of them are used: a device with only dummy rows would do wasted work.
+
+    Attributes:
+      num_seeds: S.
+      padded_seeds: P, the leading size of the device-resident state and carry.
+      devices, mesh, sharding (seed axis over "seed"), replicated.
+      traces: Counter of traces per step function ("train", "act/training=True", ...).
+    """
+
+    def __init__(self, agent, num_seeds: int, devices: Sequence[jax.Device] | None = None):
+        missing = [name for name in _REQUIRED if not callable(getattr(agent, name, None))]
+        if missing:
+            raise TypeError(
+                f"SeedParallel needs agent.{', agent.'.join(missing)}: the sweep vmaps the "
+                "agent's un-jitted pure train_fn/act_fn (see mummi_jax/parallel.py)"
+            )
+        if num_seeds < 1:
+            raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+        devices = list(jax.local_devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("no devices given")
+        self.agent = agent
+        self.num_seeds = int(num_seeds)
+        self.devices = devices[: min(len(devices), self.num_seeds)]
+        n_dev = len(self.devices)
+        self.padded_seeds = -(-self.num_seeds // n_dev) * n_dev
+        # Row r of the padded axis holds seed min(r, S-1): dummies repeat a real seed so that
+        # they stay finite and cost the same as a real row.
+        self._rows = np.minimum(np.arange(self.padded_seeds), self.num_seeds - 1)
+        # Auto axis type: JAX 0.10's make_mesh defaults to Explicit, which changes typing rules.
+        self.mesh = Mesh(np.array(self.devices), (SEED_AXIS,), axis_types=(AxisType.Auto,))
+        self.sharding = NamedSharding(self.mesh, P(SEED_AXIS))
+        self.replicated = NamedSharding(self.mesh, P())
+
+        num, train_fn = self.num_seeds, agent.train_fn
+
+        def train(state, batches):
+            self.traces["train"] += 1  # runs at trace time only
+            state, metrics = jax.vmap(train_fn)(state, batches)
+            return state, jax.tree.map(lambda m: m[:num], metrics)
+
+        sh, rep = self.sharding, self.replicated
+        # Metrics (S,) are tiny: replicate them so that unpadding needs no divisible sharding.
+        self._train = jax.jit(
+            train, in_shardings=(sh, sh), out_shardings=(sh, rep), donate_argnums=0
+        )
+        self._act: dict[bool, Callable] = {}
+        # Traces per step function; each should stay 1 for the whole sweep (tests, logs).
+        self.traces: collections.Counter[str] = collections.Counter()
+
+    # ----------------------------------------------------------------- placement helpers
+
+    def _check_rows(self, x, what: str) -> None:
+        if np.ndim(x) == 0 or np.shape(x)[0] != self.num_seeds:
+            raise ValueError(
+                f"{what}: every leaf needs a leading seed axis of size {self.num_seeds}, "
+                f"got shape {np.shape(x)}"
+            )
+
+    def _put_leaf(self, x, what: str) -> jax.Array:
+        self._check_rows(x, what)
+        # Everything goes through host memory and lands on each device as its own rows: a
+        # device_put of a one-device array to the seed sharding would compile a slicing program
+        # per leaf shape, and a real agent state has many shapes.
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = self._put_host(jax.device_get(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return self._put_host(np.asarray(jax.device_get(x)))
+
+    def _put_host(self, x: np.ndarray) -> jax.Array:
+        """(S, ...) host array -> (P, ...) seed-sharded array; dummy rows repeat seed S-1."""
+        rows = self._rows
+
+        def shard(index):
+            # Each device receives only its rows; a view unless the shard holds dummies.
+            r = rows[index[0]]
+            if r[-1] < self.num_seeds and np.all(np.diff(r) == 1):
+                return x[r[0] : r[-1] + 1]
+            return x[r]
+
+        shape = (self.padded_seeds,) + x.shape[1:]
+        return jax.make_array_from_callback(shape, self.sharding, shard)
+
+    def shard(self, tree: PyTree, what: str = "tree") -> PyTree:
+        """Pad and place host or device data: leaves (S, ...) -> sharded (P, ...)."""
+        return jax.tree.map(lambda x: self._put_leaf(x, what), tree)
+
+    def put_states(self, states: Sequence[PyTree]) -> PyTree:
+        """S per-seed states (e.g. restored checkpoints) -> the stacked, sharded (P, ...) state."""
+        if len(states) != self.num_seeds:
+            raise ValueError(f"expected {self.num_seeds} states, got {len(states)}")
+        return self.shard(jax.tree.map(_stack_rows, *states), "states")
+
+    def states(self, stacked_state: PyTree) -> list[PyTree]:
+        """The stacked state -> list of S per-seed states (dummy rows dropped)."""
+        return [unstack(stacked_state, s) for s in range(self.num_seeds)]
+
+    # ----------------------------------------------------------------- Agent API, stacked
+
+    def init(self, seeds: Sequence[int] | None = None) -> PyTree:
+        """Stacked initial state, leaves (P, ...) sharded over "seed".
+
+        Row s is exactly ``agent.init(seed_key(seeds[s]))``; ``seeds`` defaults to 0..S-1.
+        """
+        seeds = list(range(self.num_seeds)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != self.num_seeds:
+            raise ValueError(f"expected {self.num_seeds} seeds, got {seeds}")
+        return self.put_states([self.agent.init(seed_key(s)) for s in seeds])
+
+    def initial_carry(self, n_per_seed: int) -> PyTree:
+        """Stacked acting carry for `n_per_seed` envs per seed: leaves (P, n, ...), sharded."""
+        carry = self.agent.initial_carry(n_per_seed)
+        return self.shard(jax.tree.map(lambda x: _stack_rows(*[x] * self.num_seeds), carry))
+
+    def train(self, stacked_state: PyTree, stacked_batches: PyTree) -> tuple[PyTree, PyTree]:
+        """K updates for every seed in one compiled call.
+
+        Args:
+          stacked_state: (P, ...) from `init`/`put_states`/`train`; **donated** (do not reuse).
+          stacked_batches: dict of (S, K, B, T, ...) NumPy arrays (e.g. `stack` of the S replay
+            samples); seed s's rows are what its single run would pass to ``agent.train``.
+
+        Returns:
+          (stacked_state (P, ...), metrics: dict name -> (S,) array, replicated).
+        """
+        return self._train(stacked_state, self.shard(stacked_batches, "batches"))
+
+    def act(
+        self,
+        stacked_state: PyTree,
+        stacked_carry: PyTree,
+        stacked_obs: PyTree,
+        stacked_keys: jax.Array,
+        training: bool = True,
+    ) -> tuple[PyTree, PyTree]:
+        """One policy step for every seed.
+
+        Args:
+          stacked_state: (P, ...) state (not donated).
+          stacked_carry: (P, n, ...) from `initial_carry`/`act`; **donated**.
+          stacked_obs: dict of (S, n, ...) observations incl. flags and is_first.
+          stacked_keys: (S,) typed keys; row s is the key seed s's single run would pass.
+          training: static; each value compiles once.
+
+        Returns:
+          (action (S, n, A) replicated, stacked_carry (P, n, ...) sharded).
+        """
+        training = bool(training)
+        if training not in self._act:
+            num, act_fn = self.num_seeds, self.agent.act_fn
+
+            def act(state, carry, obs, keys):
+                self.traces[f"act/training={training}"] += 1  # runs at trace time only
+                action, carry = jax.vmap(lambda s, c, o, k: act_fn(s, c, o, k, training))(
+                    state, carry, obs, keys
+                )
+                return jax.tree.map(lambda a: a[:num], action), carry
+
+            sh = self.sharding
+            self._act[training] = jax.jit(
+                act,
+                in_shardings=(sh, sh, sh, sh),
+                out_shardings=(self.replicated, sh),
+                donate_argnums=1,
+            )
+        obs = self.shard(stacked_obs, "obs")
+        keys = self.shard(stacked_keys, "keys")
+        return self._act[training](stacked_state, stacked_carry, obs, keys)
