@@ -27,5 +27,9 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={
+        "test": ["pytest", "ruff"],
+        # robosuite Wipe; 1.5.2 pins mink==0.0.5 -> numpy<2 (requirements.txt says more).
+        "robosuite": ["robosuite==1.5.1", "mink>=1.0"],
+    },
 )
