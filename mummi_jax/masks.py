@@ -79,11 +79,13 @@ class ReferenceProcess:
         if self.rate == 0.0 or num_obs <= 0:
             return np.zeros(max(num_obs, 0), bool)
         out = np.zeros(num_obs + self.max_missing_len + 1, bool)
-        pos = 0
+        pos = end = 0
         while True:
             # Failures before the first success of Bernoulli(p) draws, one per step.
             pos += int(rng.geometric(self.rate)) - 1
             if pos >= num_obs:
+                # No start before `num_obs`: stop there (the draws are memoryless, so a longer
+                # schedule continues with fresh draws from `num_obs`, not from `pos`).
                 break
             length = int(rng.integers(1, self.max_missing_len + 1))
             # Released-code quirk, reproduced on purpose: reset() and the first step() are
@@ -92,8 +94,9 @@ class ReferenceProcess:
             if start + pos == 0:
                 length += 1
             out[pos : pos + length] = True
-            pos += length
-        return out[: max(pos, num_obs)]
+            pos = end = pos + length
+        # Up to the end of a segment that runs past `num_obs`: the next chunk starts free.
+        return out[: max(end, num_obs)]
 
 
 class PaperProcess:
