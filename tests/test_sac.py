@@ -195,3 +195,37 @@ def test_weights_mask_transitions():
 def test_polyak_update_exact():
     out = sac.polyak_update({"b": jnp.array([0.0, 1.0])}, {"b": jnp.array([1.0, 2.0])}, 0.005)
     np.testing.assert_allclose(out["b"], [0.005, 1.005], rtol=1e-6)
+
+
+def test_sac_with_tanh_normal_and_twin_linear_critics_jit():
+    from mummi_jax.distributions import actor_distribution
+
+    f_dim, m = 5, 6
+    key = jax.random.PRNGKey(0)
+    params = {
+        "actor": jax.random.normal(key, (f_dim, 2 * A)) * 0.1,
+        "critic": jax.random.normal(jax.random.PRNGKey(1), (2, f_dim + A)),
+        "log_alpha": jnp.array(math.log(0.1)),
+    }
+    target = params["critic"] + 0.01
+
+    def policy(p, obs, k):
+        return actor_distribution(obs @ p).sample_and_log_prob(k)
+
+    def q2(p, obs, action):
+        return (jnp.concatenate([obs, action], -1) @ p.T).T  # (2, M)
+
+    feats = jax.random.normal(jax.random.PRNGKey(2), (2, m // 2 + 1, f_dim))
+    acts = jnp.tanh(jax.random.normal(jax.random.PRNGKey(3), (2, m // 2 + 1, A)))
+    tr = sac.make_transitions(feats, acts, jnp.ones((2, m // 2 + 1)), jnp.ones((2, m // 2 + 1)))
+
+    def total(p):
+        losses, metrics = sac.sac_losses(
+            p, target, tr, jax.random.PRNGKey(4), q_fn=q2, policy_fn=policy, action_dim=A
+        )
+        return losses["critic"] + 0.5 * losses["actor"] + losses["alpha"], metrics
+
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
+    assert jnp.isfinite(loss) and metrics["sac/alpha"] > 0
+    for leaf in jax.tree.leaves(grads):
+        assert bool(jnp.all(jnp.isfinite(leaf))) and float(jnp.abs(leaf).sum()) > 0
