@@ -1,0 +1,585 @@
+"""The agent: networks, train state, the one jitted train step and the jitted acting step.
+
+Only this module and `config.py` know method names: a method is a configuration (fusion,
+representation loss per modality, behaviour learner, planner), dispatched here in Python
+at build time; the jitted code calls plain functions from the model core.
+
+One update (`train_fn`, scanned K times per call):
+  1. world model (MuMMI eq. 17 / eq. 10 / CVRL eq. 4 / CoRAL eq. 3-4): encoders ->
+     experts -> fusion -> `mssm.observe` (lax.scan over T) -> KL + reward + representation;
+  2. behaviour from the same pre-update parameters (reference-code.md §5.3): imagination
+     actor-critic (MuMMI app. A, eq. 18-19) from every posterior state, and/or latent SAC
+     (CVRL's hybrid term, CoRAL's model-free agent);
+  3. one optax chain per network (Adam + global-norm clip), applied together.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mummi_jax import behavior, mpc, sac
+from mummi_jax import distributions as dist
+from mummi_jax import losses_lead as losses
+from mummi_jax import world_model as mssm
+from mummi_jax.config import Config, validate
+from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
+
+Pytree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything an update changes: parameters, optimiser states, PRNG key, counter."""
+
+    params: dict
+    opt_state: dict
+    key: jax.Array
+    step: jax.Array
+
+
+def _batch_key_spec(obs_spec, modalities, action_dim):
+    """Expected (shape-after-(B,T), dtype kind) of each batch entry, for early checks."""
+    spec = {}
+    for m in modalities:
+        spec[m] = tuple(obs_spec[m].shape)
+        spec[f"{m}_flag"] = ()
+    spec.update(action=(action_dim,), reward=(), discount=(), is_first=())
+    return spec
+
+
+class Agent:
+    """Builds one model from a resolved config and an environment's specs.
+
+    Args:
+      config: a resolved `Config` (see `config.make_config`).
+      obs_spec: the environment's `observation_spec()` dict.
+      action_spec: the environment's `action_spec()` (a (A,) array spec in [-1, 1]).
+    """
+
+    def __init__(self, config: Config, obs_spec: dict, action_spec):
+        self.config = config
+        self.modalities = task_modalities(config.env.task, config.env.modalities)
+        validate(config, self.modalities)
+        missing = [k for m in self.modalities for k in (m, f"{m}_flag") if k not in obs_spec]
+        if missing:
+            raise ValueError(
+                f"observation spec lacks {missing}; the config's modalities are "
+                f"{self.modalities}: build the environment with the same task and modalities"
+            )
+        self.obs_spec = {k: obs_spec[k] for k in obs_spec}
+        self.action_dim = int(np.prod(action_spec.shape))
+        self.rep = config.rep_losses(self.modalities)
+        self.weights = config.loss_weights(self.modalities)
+        self.weights_fused = float(
+            dict(
+                (p.partition("=")[0].strip(), float(p.partition("=")[2]))
+                for p in config.loss.weights.split(",")
+                if "=" in p
+            ).get("fused", 1.0)
+        )
+        self._batch_spec = _batch_key_spec(obs_spec, self.modalities, self.action_dim)
+        shapes = {m: tuple(obs_spec[m].shape) for m in self.modalities}
+        self.nets = mssm.build_world_model(config, shapes, self.action_dim, self.rep)
+        self.optimizers = self._make_optimizers()
+        self.train_fn = self._make_train_fn()
+        self.act_fn = self._make_act_fn()
+        self._train_jit = jax.jit(self.train_fn, donate_argnums=0)
+        self._act_jit = jax.jit(self.act_fn, static_argnames="training", donate_argnums=1)
+        self._checked_shapes = set()
+
+    # ------------------------------------------------------------------ state
+    def init(self, key: jax.Array) -> TrainState:
+        """Fresh parameters and optimiser states; `key` from `parallel.seed_key(seed)`."""
+        k_wm, k_actor, k_value, k_sac, k_state = jax.random.split(key, 5)
+        params = {"wm": self.nets.init(k_wm)}
+        feat = jnp.zeros((1, self.nets.feat_size))
+        if self._uses_imagination or self.config.behavior.planner != "none":
+            params["actor"] = self.nets.actor.init(k_actor, feat)
+            params["value"] = self.nets.value.init(k_value, feat)
+            if self.config.behavior.slow_value:
+                params["slow_value"] = jax.tree.map(jnp.copy, params["value"])
+        if self._uses_sac:
+            params["sac"] = self._init_sac(k_sac)
+        opt_state = {
+            name: opt.init(self._trainable(params, name)) for name, opt in self.optimizers.items()
+        }
+        return TrainState(params, opt_state, k_state, jnp.zeros((), jnp.int32))
+
+    @property
+    def _uses_imagination(self):
+        return self.config.behavior.learner == "imagination"
+
+    @property
+    def _uses_sac(self):
+        b = self.config.behavior
+        return b.learner == "sac" or b.sac_weight > 0
+
+    def _init_sac(self, key):
+        b = self.config.behavior
+        k_critic, k_actor = jax.random.split(key)
+        feat = jnp.zeros((1, self.nets.feat_size))
+        act = jnp.zeros((1, self.action_dim))
+        critic = self.nets.sac_critic.init(k_critic, feat, act)
+        out = {
+            "critic": critic,
+            # A copy: the state is donated, and one buffer cannot be donated twice.
+            "target_critic": jax.tree.map(jnp.copy, critic),
+            "log_alpha": jnp.asarray(math.log(b.sac_init_alpha), jnp.float32),
+        }
+        if b.learner == "sac":  # CoRAL: a separate SAC actor; CVRL's hybrid term uses the actor
+            out["actor"] = self.nets.sac_actor.init(k_actor, feat)
+        return out
+
+    def _trainable(self, params, name):
+        if name == "sac_critic":
+            return params["sac"]["critic"]
+        if name == "sac_actor":
+            return params["sac"]["actor"]
+        if name == "alpha":
+            return params["sac"]["log_alpha"]
+        return params[name]
+
+    def _make_optimizers(self):
+        o, b = self.config.optim, self.config.behavior
+
+        def adam(lr):
+            return optax.chain(optax.clip_by_global_norm(o.clip), optax.adam(lr, eps=o.eps))
+
+        opts = {"wm": self._wm_optimizer(adam)}
+        if self._uses_imagination or b.planner != "none":
+            opts["actor"] = adam(o.actor_lr)
+            opts["value"] = adam(o.value_lr)
+        if self._uses_sac:
+            opts["sac_critic"] = adam(o.sac_lr)
+            if b.learner == "sac":
+                opts["sac_actor"] = adam(o.sac_lr)
+            opts["alpha"] = optax.adam(o.sac_lr, eps=o.eps)
+        return opts
+
+    def _wm_optimizer(self, adam):
+        """CoRAL trains its temperature with its own learning rate (coral.md §3.3)."""
+        if not any(r.startswith("coral") for r in self.rep.values()):
+            return adam(self.config.optim.model_lr)
+        o = self.config.optim
+        scale = self.config.loss.coral_temp_lr / o.model_lr
+
+        def labels(tree):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "temp" if "temperature" in jax.tree_util.keystr(path) else "net",
+                tree,
+            )
+
+        return optax.chain(
+            optax.clip_by_global_norm(o.clip),
+            optax.adam(o.model_lr, eps=o.eps),
+            optax.multi_transform({"net": optax.identity(), "temp": optax.scale(scale)}, labels),
+        )
+
+    def initial_carry(self, n: int) -> dict:
+        """Per-environment filter state: latent state and previous action, zeros."""
+        return {
+            "state": mssm.initial_state(n, self.config),
+            "action": jnp.zeros((n, self.action_dim), jnp.float32),
+        }
+
+    # ------------------------------------------------------------------ public calls
+    def train(self, state: TrainState, batches: dict) -> tuple[TrainState, dict]:
+        """K updates in one jitted call; `batches` is a dict of `(K, B, T, ...)` arrays."""
+        self.check_batch(batches, leading=3)
+        return self._train_jit(state, batches)
+
+    def act(self, state: TrainState, carry: dict, obs: dict, key: jax.Array, training=True):
+        """Actions `(n, A)` for `n` environments; `obs` holds `(n, ...)` arrays and
+        `is_first` `(n,)`. Returns `(action, carry)`; `carry` is donated."""
+        return self._act_jit(state, carry, obs, key, training=training)
+
+    def check_batch(self, batches: dict, leading: int) -> None:
+        """A clear error for batches that do not match the observation spec (before jit)."""
+        signature = tuple(
+            (k, tuple(np.shape(v)), str(getattr(v, "dtype", "")))
+            for k, v in sorted(batches.items())
+        )
+        if signature in self._checked_shapes:
+            return
+        lead = None
+        for key, tail in self._batch_spec.items():
+            if key not in batches:
+                raise ValueError(
+                    f"batch lacks {key!r}; expected keys {sorted(self._batch_spec)} "
+                    "(see docs/ARCHITECTURE.md, 'Replay batches')"
+                )
+            shape = tuple(np.shape(batches[key]))
+            if len(shape) != leading + len(tail) or shape[leading:] != tail:
+                raise ValueError(
+                    f"batch[{key!r}] has shape {shape}; expected {leading} leading dims then "
+                    f"{tail} (the observation spec of {self.config.env.task})"
+                )
+            if lead is None:
+                lead = shape[:leading]
+            elif shape[:leading] != lead:
+                raise ValueError(f"batch[{key!r}] leading dims {shape[:leading]} != {lead}")
+        for m in self.modalities:
+            want = np.dtype(self.obs_spec[m].dtype)
+            got = np.dtype(batches[m].dtype)
+            if want == np.uint8 and got != np.uint8:
+                raise ValueError(f"batch[{m!r}] has dtype {got}; images must stay uint8")
+            if want.kind == "f" and got.kind != "f":
+                raise ValueError(f"batch[{m!r}] has dtype {got}; expected a float dtype")
+        self._checked_shapes.add(signature)
+
+    # ------------------------------------------------------------------ preprocessing
+    def preprocess(self, obs: dict) -> dict:
+        """Raw observations -> network inputs (reference-code.md §10 item 5), on device."""
+        m_cfg = self.config.model
+        out = {}
+        for m in self.modalities:
+            x = obs[m]
+            if m == "depth":
+                x = x.astype(jnp.float32) / m_cfg.depth_scale - 0.5
+            elif jnp.issubdtype(x.dtype, jnp.integer):
+                x = x.astype(jnp.float32) / 255.0 - 0.5
+            elif m == "touch":
+                x = x.astype(jnp.float32)
+                if m_cfg.touch_scale == "div200":
+                    x = x / 200.0
+                elif m_cfg.touch_scale == "log1p":
+                    x = jnp.log1p(jnp.maximum(x, 0.0))
+            else:
+                x = x.astype(jnp.float32)
+            out[m] = x
+            out[f"{m}_flag"] = obs[f"{m}_flag"].astype(jnp.float32)
+        return out
+
+    # ------------------------------------------------------------------ world model
+    def _world_model_loss(self, wm_params, batch, key):
+        """World-model loss for one batch `(B, T, ...)`; returns (loss, (post, aux))."""
+        c = self.config
+        nets = self.nets
+        k_drop, k_obs, k_rep = jax.random.split(key, 3)
+        obs = self.preprocess(batch)
+        flags = {m: obs[f"{m}_flag"] for m in self.modalities}
+        if c.loss.modality_drop > 0:
+            # MSSM-e: drop each present modality at random, never all of them (MuMMI Sec. VI).
+            keys = jax.random.split(k_drop, len(self.modalities))
+            kept = {
+                m: jax.random.bernoulli(k, 1.0 - c.loss.modality_drop, flags[m].shape)
+                for m, k in zip(self.modalities, keys, strict=True)
+            }
+            any_kept = functools.reduce(jnp.logical_or, kept.values())
+            first = self.modalities[0]
+            kept[first] = jnp.logical_or(kept[first], ~any_kept)
+            flags = {m: flags[m] * kept[m] for m in self.modalities}
+        embeds = nets.encode(wm_params, obs)  # {m: (B, T, E)}
+        fused, experts, k_obs = nets.fuse(wm_params, embeds, flags, k_obs)
+        actions = batch["action"].astype(jnp.float32)
+        is_first = batch["is_first"].astype(jnp.float32)
+        post, prior = nets.observe(wm_params, fused, actions, is_first, k_obs)
+        feat = mssm.features(post)  # (B, T, F)
+        metrics = {}
+        kl_loss, kl_value = losses.kl_loss(
+            post["mean"],
+            post["std"],
+            prior["mean"],
+            prior["std"],
+            free_nats=c.loss.free_nats,
+            mode=c.loss.kl_mode,
+            balance=c.loss.kl_balance,
+        )
+        kl_loss = c.loss.kl_scale * kl_loss
+        reward_pred = nets.reward(wm_params, feat)
+        reward_loss = losses.reward_loss(reward_pred, batch["reward"].astype(jnp.float32))
+        total = kl_loss + c.loss.reward_scale * reward_loss
+        metrics.update({"wm/kl": kl_value, "wm/kl_loss": kl_loss, "wm/reward": reward_loss})
+        rep_loss, rep_metrics = self._representation_loss(
+            wm_params, obs, flags, embeds, fused, experts, post, prior, feat, k_rep
+        )
+        total = total + rep_loss
+        metrics.update(rep_metrics)
+        metrics["wm/loss"] = total
+        metrics["wm/prior_entropy"] = jnp.mean(dist.entropy(prior["std"]))
+        metrics["wm/post_entropy"] = jnp.mean(dist.entropy(post["std"]))
+        return total, (post, metrics)
+
+    def _representation_loss(self, p, obs, flags, embeds, fused, experts, post, prior, feat, key):
+        """Sum over modalities of lambda^m * L_rep^m (MuMMI eq. 17, and the baselines)."""
+        c = self.config
+        nets = self.nets
+        total, metrics = 0.0, {}
+        groups: dict[str, list[str]] = {}
+        for m in self.modalities:
+            groups.setdefault(self.rep[m], []).append(m)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # (B, T, ...) -> (N, ...)
+        if "mummi" in groups:
+            z = flat(nets.g(p, feat))
+            for m in groups["mummi"]:
+                loss = losses.mummi_nce(
+                    z, flat(experts[m][0]), flat(flags[m]), c.loss.nce_mask, c.loss.nce_mean
+                )
+                metrics[f"wm/nce/{m}"] = loss
+                total = total + self.weights[m] * loss
+        if "mummi_b" in groups:
+            z = flat(nets.g(p, feat))
+            present = functools.reduce(jnp.maximum, [flags[m] for m in self.modalities])
+            loss = losses.mummi_nce(z, flat(fused), flat(present), c.loss.nce_mask, c.loss.nce_mean)
+            metrics["wm/nce/fused"] = loss
+            total = total + self.weights_fused * loss
+        if "bilinear_nce" in groups:
+            ms = groups["bilinear_nce"]
+            x = jnp.concatenate([embeds[m] for m in ms], axis=-1)
+            zs, xs = nets.cvrl_scores(p, feat, x)
+            present = functools.reduce(jnp.maximum, [flags[m] for m in ms])
+            # The released CVRL code masks nothing: a missing step's positive is a blank input.
+            mask = None if c.fidelity == "reference" else flat(present)
+            loss = losses.cvrl_nce(flat(zs), flat(xs), mask=mask, bilinear=nets.cvrl_bilinear(p))
+            metrics["wm/nce/concat"] = loss
+            total = total + loss
+        if "recon" in groups:
+            recon = nets.decode(p, feat, groups["recon"])
+            for m in groups["recon"]:
+                loss = losses.reconstruction_loss(recon[m], obs[m], flags[m])
+                metrics[f"wm/recon/{m}"] = loss
+                total = total + self.weights[m] * loss
+        for variant in ("coral_v", "coral_p"):
+            if variant not in groups:
+                continue
+            state_feat = feat if variant == "coral_v" else mssm.features(prior)
+            for m in groups[variant]:
+                e, f, fl = embeds[m], state_feat, flags[m]
+                if variant == "coral_p":  # the t=0 prior comes from the zero state (coral.md §3.1)
+                    e, f, fl = e[:, 1:], f[:, 1:], fl[:, 1:]
+                obs_proj, state_proj, temp = nets.coral_project(p, m, e, f)
+                loss = losses.coral_nce(flat(obs_proj), flat(state_proj), temp, mask=flat(fl))
+                metrics[f"wm/nce/{m}"] = loss
+                total = total + self.weights[m] * loss
+        return total, metrics
+
+    # ------------------------------------------------------------------ behaviour
+    def _actor_sample(self, actor_params, feat, key):
+        raw = self.nets.actor.apply(actor_params, feat)
+        return dist.actor_distribution(raw).sample(key)
+
+    def _img_step(self, wm_params):
+        return lambda state, action, key: self.nets.img_step(wm_params, state, action, key)
+
+    def _reward_fn(self, wm_params):
+        return lambda feat: self.nets.reward(wm_params, feat)
+
+    def _value_fn(self, value_params, feat):
+        return self.nets.value.apply(value_params, feat)[..., 0]
+
+    def _imagination_grads(self, params, post, key):
+        b = self.config.behavior
+        wm = jax.lax.stop_gradient(params["wm"])
+        starts = behavior.flatten_starts(jax.lax.stop_gradient(post))
+
+        def loss(actor_params, value_params):
+            policy = functools.partial(self._actor_sample, actor_params)
+            k_img, k_ent = jax.random.split(key)
+            states, _ = behavior.imagine(self._img_step(wm), policy, starts, b.horizon, k_img)
+            feats = behavior.features(states)  # (H, N, F)
+            entropy = None
+            if b.actor_entropy > 0:
+                raw = self.nets.actor.apply(actor_params, jax.lax.stop_gradient(feats))
+                entropy = dist.actor_distribution(raw).entropy(k_ent)
+            a_loss, v_loss, metrics = behavior.actor_value_losses(
+                feats,
+                value_params,
+                self._reward_fn(wm),
+                self._value_fn,
+                gamma=b.gamma,
+                lam=b.lam,
+                slow_value_params=params.get("slow_value"),
+                entropy=entropy,
+                entropy_coef=b.actor_entropy,
+            )
+            metrics = {**metrics, "actor/loss": a_loss, "value/loss": v_loss}
+            return a_loss + v_loss, metrics
+
+        grad_fn = jax.grad(loss, argnums=(0, 1), has_aux=True)
+        (g_actor, g_value), metrics = grad_fn(params["actor"], params["value"])
+        return {"actor": g_actor, "value": g_value}, metrics
+
+    def _sac_grads(self, params, post, batch, key):
+        """CVRL's hybrid term (actor = the imagination actor) or CoRAL's model-free SAC."""
+        b = self.config.behavior
+        model_free = b.learner == "sac"
+        if model_free:  # CoRAL: deterministic features [posterior mean, h] (coral.md §2)
+            feats = jnp.concatenate([post["mean"], post["deter"]], axis=-1)
+        else:
+            feats = mssm.features(post)
+        trans = sac.make_transitions(
+            jax.lax.stop_gradient(feats),
+            batch["action"].astype(jnp.float32),
+            batch["reward"].astype(jnp.float32),
+            batch["discount"].astype(jnp.float32),
+            pairing=b.sac_pairing,
+            is_first=batch["is_first"],
+        )
+        actor_net = self.nets.sac_actor if model_free else self.nets.actor
+
+        def policy_fn(actor_params, obs, k):
+            d = dist.actor_distribution(actor_net.apply(actor_params, obs))
+            return d.sample_and_log_prob(k)
+
+        def q_fn(critic_params, obs, action):
+            # (M, 2) -> (2, M): sac.py takes an ensemble-major Q.
+            return jnp.moveaxis(self.nets.sac_critic.apply(critic_params, obs, action), -1, 0)
+
+        sac_params = {
+            "critic": params["sac"]["critic"],
+            "actor": params["sac"]["actor"] if model_free else params["actor"],
+            "log_alpha": params["sac"]["log_alpha"],
+        }
+
+        def total(p):
+            parts, metrics = sac.sac_losses(
+                p,
+                params["sac"]["target_critic"],
+                trans,
+                key,
+                q_fn=q_fn,
+                policy_fn=policy_fn,
+                action_dim=self.action_dim,
+                gamma=b.gamma,
+                actor_grad=b.sac_actor_grad,
+                learn_alpha=b.sac_actor_grad,
+            )
+            weight = 1.0 if model_free else b.sac_weight
+            loss = parts["critic"] + weight * parts["actor"] + parts["alpha"]
+            return loss, metrics
+
+        grads, metrics = jax.grad(total, has_aux=True)(sac_params)
+        return grads, metrics
+
+    # ------------------------------------------------------------------ the train step
+    def _make_train_fn(self):
+        b = self.config.behavior
+
+        def update(state: TrainState, batch):
+            key, k_wm, k_beh, k_sac = jax.random.split(state.key, 4)
+            params = state.params
+            (_, (post, metrics)), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
+                params["wm"], batch, k_wm
+            )
+            grads = {"wm": g_wm}
+            if self._uses_imagination:
+                g, m = self._imagination_grads(params, post, k_beh)
+                grads.update(g)
+                metrics.update(m)
+            if self._uses_sac:
+                g, m = self._sac_grads(params, post, batch, k_sac)
+                metrics.update(m)
+                grads["sac_critic"] = g["critic"]
+                grads["alpha"] = g["log_alpha"]
+                if b.learner == "sac":
+                    grads["sac_actor"] = g["actor"]
+                else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
+                    grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])
+            new_params = dict(params)
+            new_opt = dict(state.opt_state)
+            for name, opt in self.optimizers.items():
+                if name not in grads:
+                    continue
+                target = self._trainable(params, name)
+                updates, new_opt[name] = opt.update(grads[name], state.opt_state[name], target)
+                metrics[f"grad_norm/{name}"] = optax.global_norm(grads[name])
+                new_target = optax.apply_updates(target, updates)
+                new_params = self._set_trainable(new_params, name, new_target)
+            if "slow_value" in params:
+                new_params["slow_value"] = behavior.ema_update(
+                    params["slow_value"], new_params["value"], b.slow_value_decay
+                )
+            if self._uses_sac:
+                sac_p = dict(new_params["sac"])
+                sac_p["target_critic"] = sac.polyak_update(
+                    params["sac"]["target_critic"], sac_p["critic"], b.sac_tau
+                )
+                new_params["sac"] = sac_p
+            new_state = TrainState(new_params, new_opt, key, state.step + 1)
+            return new_state, metrics
+
+        def train_fn(state: TrainState, batches):
+            state, metrics = jax.lax.scan(update, state, batches)
+            return state, jax.tree.map(jnp.mean, metrics)
+
+        return train_fn
+
+    def _set_trainable(self, params, name, value):
+        if name in ("sac_critic", "sac_actor", "alpha"):
+            sac_p = dict(params["sac"])
+            sac_p[{"sac_critic": "critic", "sac_actor": "actor", "alpha": "log_alpha"}[name]] = (
+                value
+            )
+            return {**params, "sac": sac_p}
+        return {**params, name: value}
+
+    # ------------------------------------------------------------------ acting
+    def _make_act_fn(self):
+        c = self.config
+        b = c.behavior
+
+        def act_fn(state: TrainState, carry, obs, key, training=True):
+            params = state.params
+            wm = params["wm"]
+            k_obs, k_act, k_mpc, k_noise = jax.random.split(key, 4)
+            first = obs["is_first"].astype(jnp.float32)
+            keep = 1.0 - first
+            # Reset: zero the latent and the previous action (reference-code.md §10 item 23).
+            latent = jax.tree.map(
+                lambda x: x * keep.reshape((-1,) + (1,) * (x.ndim - 1)), carry["state"]
+            )
+            prev_action = carry["action"] * keep[:, None]
+            x = self.preprocess(obs)
+            flags = {m: x[f"{m}_flag"] for m in self.modalities}
+            embeds = self.nets.encode(wm, x)
+            fused, _, _ = self.nets.fuse(wm, embeds, flags, k_obs)
+            post = self.nets.obs_step(wm, latent, prev_action, fused, k_obs)
+            feat = mssm.features(post)
+            if b.learner == "sac":
+                det = jnp.concatenate([post["mean"], post["deter"]], axis=-1)
+                d = dist.actor_distribution(self.nets.sac_actor.apply(params["sac"]["actor"], det))
+            else:
+                d = dist.actor_distribution(self.nets.actor.apply(params["actor"], feat))
+            if b.planner == "latent_mpc":
+                # Starts from an actor sample in training and evaluation (reference §5.4).
+                action = mpc.plan(
+                    self._img_step(wm),
+                    functools.partial(self._actor_sample, params["actor"]),
+                    self._reward_fn(wm),
+                    functools.partial(self._value_fn, params["value"]),
+                    post,
+                    k_mpc,
+                    horizon=b.mpc_horizon,
+                    iters=b.mpc_iters,
+                    lr=b.mpc_lr,
+                    gamma=b.gamma,
+                    lam=b.lam,
+                    first_action_only=b.mpc_first_action_only,
+                )
+            elif training or b.eval_mode == "sample":
+                action = d.sample(k_act)
+            else:
+                action = d.mode(k_act)
+            if training:
+                action = action + b.expl_noise * jax.random.normal(k_noise, action.shape)
+            action = jnp.clip(action, -1.0, 1.0)
+            return action, {"state": post, "action": action}
+
+        return act_fn
+
+    # ------------------------------------------------------------------ introspection
+    def param_counts(self, state: TrainState) -> dict[str, int]:
+        count = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
+        return {k: count(v) for k, v in state.params.items()}
+
+
+def image_modalities(modalities):
+    return [m for m in modalities if m in IMAGE_MODALITIES]

@@ -1,0 +1,231 @@
+"""The world-model bundle the agent composes: modules per role and pure apply functions.
+
+`build_world_model(config, shapes, action_dim, rep_losses)` returns a `WorldModel` whose
+methods are pure functions of a params dict keyed by module name (so per-component
+parameter counts are easy to report), used by `agent.py`:
+
+- `encode(p, obs)` -> per-modality embeddings (MuMMI app. B Fig. 8/9; ref. §2.1);
+- `fuse(p, embeds, flags, key)` -> s^f (PoE over experts q(s^f|x^m), eq. 11, or concat);
+- `observe(p, fused, actions, is_first, key)` -> posterior and prior states over (B, T);
+- `obs_step` / `img_step` for acting and imagination; `reward`, `g`, decoders, heads.
+
+Modules live in `networks.py`; the time loop in `mssm.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+
+from mummi_jax import networks_lead as networks
+from mummi_jax.config import Config
+from mummi_jax.distributions import product_of_experts, sample
+
+
+# ----------------------------------------------------------------------------- time loop
+def features(state: dict) -> jax.Array:
+    """[s^c, h]: the feature vector of heads and the actor (ref. §2.4), `(..., S + D)`."""
+    return jnp.concatenate([state["stoch"], state["deter"]], axis=-1)
+
+
+def initial_state(batch: int, config: Config) -> dict:
+    m = config.model
+    z = lambda n: jnp.zeros((batch, n), jnp.float32)
+    return {"mean": z(m.stoch), "std": z(m.stoch), "stoch": z(m.stoch), "deter": z(m.deter)}
+
+
+def observe(obs_step, fused, actions, is_first, key, config):
+    """Filters a batch of sequences with `lax.scan` over time (MuMMI eq. 11).
+
+    Args:
+      obs_step: `(prev_state, prev_action, fused, key) -> (post, prior)`.
+      fused: `(B, T, F)` s^f; actions: `(B, T, A)`, the action that led to obs t;
+      is_first: `(B, T)`: the state and previous action are zeroed there, as the
+        reference does at every episode start (and every sequence starts from zeros).
+    Returns:
+      `(post, prior)`, dicts of `(B, T, ...)`.
+    """
+    batch = fused.shape[0]
+    state0 = initial_state(batch, config)
+    swap = lambda x: jnp.swapaxes(x, 0, 1)
+    keys = jax.random.split(key, fused.shape[1])
+
+    def step(state, inputs):
+        f, a, first, k = inputs
+        keep = (1.0 - first)[:, None]
+        state = jax.tree.map(lambda x: x * keep, state)
+        post, prior = obs_step(state, a * keep, f, k)
+        return post, (post, prior)
+
+    # Every sequence starts from the zero state (state0), but keeps its stored action at
+    # t=0, as the reference does; only a real episode start zeroes the action.
+    first = is_first.astype(jnp.float32)
+    _, (post, prior) = jax.lax.scan(step, state0, (swap(fused), swap(actions), swap(first), keys))
+    return jax.tree.map(swap, post), jax.tree.map(swap, prior)
+
+
+@dataclass
+class WorldModel:
+    config: Config
+    shapes: dict
+    action_dim: int
+    rep: dict
+    modules: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ build
+    def __post_init__(self):
+        c, m = self.config, self.config.model
+        mods = {}
+        self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
+        for name, shape in self.shapes.items():
+            if len(shape) == 3:
+                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers)
+            else:
+                hidden = m.proprio_hidden if name == "proprio" else m.touch_hidden
+                layers = m.proprio_layers if name == "proprio" else m.touch_layers
+                if name not in ("proprio", "touch"):  # toy sensors: small MLPs
+                    hidden, layers = m.touch_hidden, m.touch_layers
+                mods[f"enc_{name}"] = networks.MLPEncoder(hidden, layers, m.embed)
+        self.poe = m.fusion == "poe"
+        if self.poe:
+            for name in self.shapes:
+                mods[f"expert_{name}"] = networks.ExpertHead(m.expert_hidden, m.fused, m.min_std)
+        mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std)
+        mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1)
+        reps = set(self.rep.values())
+        if reps & {"mummi", "mummi_b"}:
+            mods["g"] = networks.GHead(m.fused, m.g_activation)
+        if "bilinear_nce" in reps:
+            mods["cvrl"] = networks.CVRLHeads(m.cvrl_head, m.cvrl_obs_hidden, m.cvrl_state_hidden)
+        for name, loss in self.rep.items():
+            if loss == "recon":
+                shape = self.shapes[name]
+                if len(shape) == 3:
+                    mods[f"dec_{name}"] = networks.ImageDecoder(shape[0], shape[-1], m.cnn_depth)
+                else:
+                    mods[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)
+            elif loss.startswith("coral"):
+                mods[f"coral_{name}"] = networks.CoRALHeads(
+                    m.coral_proj, m.coral_state_hidden, c.loss.coral_temp_init
+                )
+        self.modules = mods
+        self.feat_size = m.stoch + m.deter
+        self.actor = networks.DenseHead(m.units, m.actor_layers, 2 * self.action_dim)
+        self.value = networks.DenseHead(m.units, m.value_layers, 1)
+        b = c.behavior
+        self.sac_actor = networks.DenseHead(b.sac_hidden, b.sac_layers, 2 * self.action_dim)
+        self.sac_critic = networks.TwinQ(b.sac_hidden, b.sac_layers)
+
+    def init(self, key: jax.Array) -> dict:
+        """Parameters of every world-model module, keyed by module name."""
+        m = self.config.model
+        keys = iter(jax.random.split(key, len(self.modules) + 1))
+        params = {}
+        embeds = {}
+        for name, shape in self.shapes.items():
+            x = jnp.zeros((1,) + tuple(shape))
+            params[f"enc_{name}"] = self.modules[f"enc_{name}"].init(next(keys), x)
+            embeds[name] = self.modules[f"enc_{name}"].apply(params[f"enc_{name}"], x)
+            if self.poe:
+                params[f"expert_{name}"] = self.modules[f"expert_{name}"].init(
+                    next(keys), embeds[name]
+                )
+        fused_size = m.fused if self.poe else sum(e.shape[-1] for e in embeds.values())
+        state = initial_state(1, self.config)
+        action = jnp.zeros((1, self.action_dim))
+        fused = jnp.zeros((1, fused_size))
+        params["rssm"] = self.modules["rssm"].init(
+            next(keys), state, action, fused, jax.random.key(0), method="obs_step"
+        )
+        feat = jnp.zeros((1, self.feat_size))
+        params["reward"] = self.modules["reward"].init(next(keys), feat)
+        if "g" in self.modules:
+            params["g"] = self.modules["g"].init(next(keys), feat)
+        if "cvrl" in self.modules:
+            x = jnp.zeros((1, sum(e.shape[-1] for e in embeds.values())))
+            params["cvrl"] = self.modules["cvrl"].init(next(keys), feat, x)
+        for name in self.shapes:
+            if f"dec_{name}" in self.modules:
+                params[f"dec_{name}"] = self.modules[f"dec_{name}"].init(next(keys), feat)
+            if f"coral_{name}" in self.modules:
+                params[f"coral_{name}"] = self.modules[f"coral_{name}"].init(
+                    next(keys), embeds[name], feat
+                )
+        return params
+
+    # ------------------------------------------------------------------ pure functions
+    def encode(self, p: dict, obs: dict) -> dict:
+        """Per-modality embeddings `(..., E)` of preprocessed observations `(..., *shape)`."""
+        return {m: self.modules[f"enc_{m}"].apply(p[f"enc_{m}"], obs[m]) for m in self.shapes}
+
+    def experts(self, p: dict, embeds: dict) -> dict:
+        """q(s^f | x^m) per modality: `{m: (mean, std)}`, each `(..., fused)`."""
+        return {m: self.modules[f"expert_{m}"].apply(p[f"expert_{m}"], embeds[m]) for m in embeds}
+
+    def fuse(self, p: dict, embeds: dict, flags: dict, key: jax.Array):
+        """s^f and the experts. PoE drops missing experts by flag (MuMMI eq. 11); concat
+        feeds the (already zeroed) embeddings of missing modalities (MuMMI Sec. V)."""
+        m_cfg = self.config.model
+        names = list(self.shapes)
+        if not self.poe:
+            return jnp.concatenate([embeds[m] for m in names], axis=-1), {}, key
+        experts = self.experts(p, embeds)
+        means = jnp.stack([experts[m][0] for m in names])
+        stds = jnp.stack([experts[m][1] for m in names])
+        present = jnp.stack([flags[m] for m in names])
+        mean, std = product_of_experts(
+            means, stds, present, form=m_cfg.poe, prior_expert=m_cfg.poe_prior_expert
+        )
+        if m_cfg.poe == "reference":
+            fused = mean  # the released code feeds the fused mean deterministically
+        else:
+            key, sub = jax.random.split(key)
+            fused = sample(sub, mean, std)
+        return fused, experts, key
+
+    def observe(self, p, fused, actions, is_first, key):
+        cell = self.modules["rssm"]
+        return observe(
+            lambda *a: cell.apply(p["rssm"], *a, method="obs_step"),
+            fused,
+            actions,
+            is_first,
+            key,
+            self.config,
+        )
+
+    def obs_step(self, p, state, prev_action, fused, key):
+        post, _ = self.modules["rssm"].apply(
+            p["rssm"], state, prev_action, fused, key, method="obs_step"
+        )
+        return post
+
+    def img_step(self, p, state, action, key):
+        return self.modules["rssm"].apply(p["rssm"], state, action, key, method="img_step")
+
+    def reward(self, p, feat):
+        return self.modules["reward"].apply(p["reward"], feat)[..., 0]
+
+    def g(self, p, feat):
+        return self.modules["g"].apply(p["g"], feat)
+
+    def cvrl_scores(self, p, feat, x):
+        return self.modules["cvrl"].apply(p["cvrl"], feat, x)
+
+    def cvrl_bilinear(self, p):
+        return (
+            p["cvrl"]["params"].get("bilinear") if self.config.model.cvrl_head == "paper" else None
+        )
+
+    def decode(self, p, feat, modalities):
+        return {m: self.modules[f"dec_{m}"].apply(p[f"dec_{m}"], feat) for m in modalities}
+
+    def coral_project(self, p, m, embed, feat):
+        return self.modules[f"coral_{m}"].apply(p[f"coral_{m}"], embed, feat)
+
+
+def build_world_model(config: Config, shapes: dict, action_dim: int, rep: dict) -> WorldModel:
+    """`shapes`: `{modality: observation shape}`; `rep`: `{modality: loss name}`."""
+    return WorldModel(config, dict(shapes), action_dim, dict(rep))
