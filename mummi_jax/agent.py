@@ -490,7 +490,7 @@ class Agent:
                     continue
                 target = self._trainable(params, name)
                 updates, new_opt[name] = opt.update(grads[name], state.opt_state[name], target)
-                metrics[f"grad_norm/{name}"] = optax.global_norm(grads[name])
+                metrics[f"grad_norm/{name}"] = optax.tree.norm(grads[name])
                 new_target = optax.apply_updates(target, updates)
                 new_params = self._set_trainable(new_params, name, new_target)
             if "slow_value" in params:
