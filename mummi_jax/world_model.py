@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-from mummi_jax import networks_lead as networks
+from mummi_jax import networks
 from mummi_jax.config import Config
 from mummi_jax.distributions import product_of_experts, sample
 

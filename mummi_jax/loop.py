@@ -1,0 +1,398 @@
+"""A compact host loop: episode replay, atomic checkpoints, metrics.jsonl, train/evaluate.
+
+The environment stays on the host (dm_env); everything after the replay sample runs inside
+the agent's one jitted train step. Checkpoints are taken at episode boundaries, and every
+per-episode random source is derived from (seed, episode index), so a run resumed from a
+checkpoint continues exactly as an uninterrupted one would (on CPU).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import pickle
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from mummi_jax import envs
+from mummi_jax.parallel import seed_key
+
+
+# ----------------------------------------------------------------------------- files
+def atomic_write(path: str, data: bytes) -> None:
+    """Writes via a temp file in the same folder, fsync, then rename: never half-written."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line with "step" (env steps) and "wall"."""
+
+    def __init__(self, logdir: str):
+        self.path = os.path.join(logdir, "metrics.jsonl")
+        self.start = time.time()
+
+    def write(self, step: int, values: dict) -> None:
+        record = {"step": int(step), "wall": round(time.time() - self.start, 3)}
+        for k, v in values.items():
+            v = float(v)
+            record[k] = v if math.isfinite(v) else str(v)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------- replay
+class Replay:
+    """Whole episodes in NumPy, uniform sequence sampling, a capacity cap in env steps.
+
+    Each stored episode is a dict of `(L, ...)` arrays in the batch format of
+    docs/ARCHITECTURE.md (images uint8, depth float16). Episodes are also written to
+    `<logdir>/episodes/` so a run can resume.
+    """
+
+    def __init__(self, directory: str | None, capacity: int, seed: int, action_repeat: int):
+        self.directory = directory
+        self.capacity = capacity
+        self.repeat = action_repeat
+        self.episodes: list[dict] = []
+        self.indices: list[int] = []
+        self.rng = np.random.default_rng([seed, 0x5EED])
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            for path in sorted(glob.glob(os.path.join(directory, "*.npz"))):
+                with np.load(path) as data:
+                    index = int(os.path.basename(path).split(".")[0])
+                    self._keep({k: data[k] for k in data.files}, index)
+
+    def _keep(self, episode, index):
+        self.episodes.append(episode)
+        self.indices.append(index)
+        while self.steps > self.capacity and len(self.episodes) > 1:
+            self.episodes.pop(0)
+            self.indices.pop(0)
+
+    def truncate(self, num_episodes: int) -> None:
+        """Forgets episodes collected after a checkpoint (index >= num_episodes)."""
+        keep = [i for i, idx in enumerate(self.indices) if idx < num_episodes]
+        self.episodes = [self.episodes[i] for i in keep]
+        self.indices = [self.indices[i] for i in keep]
+
+    @property
+    def steps(self) -> int:
+        return sum((len(e["reward"]) - 1) * self.repeat for e in self.episodes)
+
+    def add(self, episode: dict, index: int) -> None:
+        episode = {k: _storage(k, v) for k, v in episode.items()}
+        if self.directory:
+            import io
+
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **episode)
+            atomic_write(os.path.join(self.directory, f"{index:06d}.npz"), buf.getvalue())
+        self._keep(episode, index)
+
+    def sample(self, K: int, B: int, T: int) -> dict:
+        """`(K, B, T, ...)` batches: uniform episode, then a uniform start."""
+        out = {k: [] for k in self.episodes[0]}
+        for _ in range(K * B):
+            ep = self.episodes[self.rng.integers(len(self.episodes))]
+            length = len(ep["reward"])
+            start = int(self.rng.integers(0, max(length - T, 0) + 1))
+            for k, v in ep.items():
+                seq = v[start : start + T]
+                if len(seq) < T:  # a short episode: repeat its last step (padding)
+                    seq = np.concatenate([seq, np.repeat(seq[-1:], T - len(seq), 0)])
+                out[k].append(seq)
+        return {k: np.stack(v).reshape((K, B, T) + v[0].shape[1:]) for k, v in out.items()}
+
+
+def _storage(key, value):
+    value = np.asarray(value)
+    if key == "depth":
+        return value.astype(np.float16)  # quantised, as the reference's float16 replay
+    if value.dtype == np.float64:
+        return value.astype(np.float32)
+    return value
+
+
+# ----------------------------------------------------------------------------- episodes
+def run_episode(env, policy, modalities, episode_seed: int | None = None):
+    """Plays one episode. `policy(obs_batch1) -> action (A,)`. Returns (episode, return)."""
+    if episode_seed is not None and hasattr(env, "reseed"):
+        env.reseed(episode_seed)
+    ts = env.reset()
+    action_dim = env.action_spec().shape[0]
+    steps = []
+    prev_action = np.zeros(action_dim, np.float32)
+    total = 0.0
+    first = True
+    while True:
+        obs = ts.observation
+        steps.append(
+            {
+                **{m: obs[m] for m in modalities},
+                **{f"{m}_flag": np.float32(obs[f"{m}_flag"]) for m in modalities},
+                "action": prev_action,
+                "reward": np.float32(ts.reward or 0.0),
+                "discount": np.float32(1.0 if ts.discount is None else ts.discount),
+                "is_first": np.float32(first),
+            }
+        )
+        if ts.last():
+            break
+        action = np.asarray(policy(obs, first), np.float32)
+        first = False
+        ts = env.step(action)
+        total += float(ts.reward or 0.0)
+        prev_action = action
+    episode = {k: np.stack([s[k] for s in steps]) for k in steps[0]}
+    return episode, total
+
+
+class Runner:
+    """Trains `agent` on `env` per `config.train`, writing into `logdir`."""
+
+    def __init__(self, config, agent, logdir: str, env_kwargs: dict, progress: bool = True):
+        self.config = config
+        self.agent = agent
+        self.logdir = logdir
+        self.env_kwargs = env_kwargs
+        self.progress = progress
+        self.log = MetricsLog(logdir)
+        t = config.train
+        self.replay = Replay(
+            os.path.join(logdir, "episodes"),
+            t.replay_capacity,
+            config.seed,
+            config.env.action_repeat,
+        )
+        self.ckpt_dir = os.path.join(logdir, "checkpoints")
+
+    # -------------------------------------------------------------- checkpoints
+    def save(self, state, counters) -> None:
+        blob = pickle.dumps(
+            {
+                "state": jax.tree.map(np.asarray, jax.device_get(_untyped(state))),
+                "counters": counters,
+                "replay_rng": self.replay.rng.bit_generator.state,
+            }
+        )
+        path = os.path.join(self.ckpt_dir, f"ckpt-{counters['env_steps']:09d}.pkl")
+        atomic_write(path, blob)
+        kept = sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.pkl")))
+        for old in kept[: -self.config.train.checkpoints_kept]:
+            os.remove(old)
+
+    def restore(self, template):
+        for path in sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.pkl")), reverse=True):
+            try:
+                with open(path, "rb") as f:
+                    data = pickle.load(f)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is a corrupt checkpoint
+                raise RuntimeError(
+                    f"corrupt checkpoint {path} ({type(e).__name__}); delete it to resume from "
+                    "the previous one"
+                ) from None
+            state = _retype(template, data["state"])
+            self.replay.rng.bit_generator.state = data["replay_rng"]
+            return state, data["counters"]
+        return None, None
+
+    # -------------------------------------------------------------- loop
+    def train(self):
+        c, t = self.config, self.config.train
+        modalities = self.agent.modalities
+        env = envs.make(**self.env_kwargs, seed=c.seed)
+        template = self.agent.init(seed_key(c.seed))
+        state, counters = self.restore(template)
+        if state is None:
+            state = template
+            counters = {"env_steps": 0, "episodes": 0, "updates": 0, "last_train": 0}
+        # Replay holds exactly the episodes of the checkpoint (later ones were not counted).
+        self.replay.truncate(counters["episodes"])
+        bar = _progress(t.steps, counters["env_steps"], self.progress)
+        last_return = float("nan")
+        while counters["env_steps"] < t.steps:
+            ep_index = counters["episodes"]
+            ep_seed = int(np.random.default_rng([c.seed, ep_index]).integers(2**31))
+            if ep_index < t.prefill_episodes:
+                act_rng = np.random.default_rng([c.seed, ep_index, 1])
+                policy = lambda obs, first, r=act_rng: r.uniform(
+                    -1, 1, self.agent.action_dim
+                ).astype(np.float32)
+            else:
+                policy = self._agent_policy(state, ep_seed, training=True)
+            episode, ret = run_episode(env, policy, modalities, ep_seed)
+            self.replay.add(episode, ep_index)
+            steps = (len(episode["reward"]) - 1) * c.env.action_repeat
+            counters["env_steps"] += steps
+            counters["episodes"] += 1
+            last_return = ret
+            self.log.write(counters["env_steps"], {"train/return": ret, "train/length": steps})
+            # Train every `train_every` env steps once the prefill is done.
+            if counters["episodes"] >= t.prefill_episodes:
+                while counters["env_steps"] - counters["last_train"] >= t.train_every:
+                    state = self._train_phase(state, counters)
+                    counters["last_train"] += t.train_every
+            if (
+                t.eval_every
+                and counters["env_steps"] // t.eval_every
+                > (counters["env_steps"] - steps) // t.eval_every
+            ):
+                score = self.evaluate(state, episodes=t.eval_episodes, split="test")
+                self.log.write(counters["env_steps"], {"eval/return": score})
+            self.save(state, counters)
+            if bar is not None:
+                bar.update(steps)
+                bar.set_postfix(ret=f"{last_return:.1f}", updates=counters["updates"])
+        if bar is not None:
+            bar.close()
+        env.close()
+        return state, counters
+
+    def _train_phase(self, state, counters):
+        t = self.config.train
+        calls = max(1, t.train_steps // t.updates_per_call)
+        metrics_sum = None
+        t0 = time.time()
+        for _ in range(calls):
+            batch = self.replay.sample(t.updates_per_call, t.batch, t.length)
+            state, metrics = self.agent.train(state, batch)
+            metrics = jax.device_get(metrics)
+            for k, v in metrics.items():
+                if not np.isfinite(v):
+                    raise FloatingPointError(
+                        f"{k} is {v} at env step {counters['env_steps']}; the run stopped and "
+                        "its last checkpoint is intact. Lower optim.model_lr or check inputs."
+                    )
+            metrics_sum = (
+                metrics
+                if metrics_sum is None
+                else {k: metrics_sum[k] + metrics[k] for k in metrics}
+            )
+            counters["updates"] += t.updates_per_call
+        values = {k: v / calls for k, v in metrics_sum.items()}
+        values["perf/updates_per_second"] = calls * t.updates_per_call / (time.time() - t0)
+        self.log.write(counters["env_steps"], values)
+        return state
+
+    def _agent_policy(self, state, ep_seed, training):
+        carry = [self.agent.initial_carry(1)]
+        key = jax.random.fold_in(seed_key(ep_seed), 1)
+        step = [0]
+        names = self.agent.modalities
+
+        def policy(obs, first):
+            batch = {k: np.asarray(obs[k])[None] for m in names for k in (m, f"{m}_flag")}
+            batch["is_first"] = np.asarray([first], np.float32)
+            k = jax.random.fold_in(key, step[0])
+            step[0] += 1
+            action, carry[0] = self.agent.act(state, carry[0], batch, k, training=training)
+            return np.asarray(action[0])
+
+        return policy
+
+    def evaluate(self, state, episodes=1, split="test", missing=None, rate=None, drop=()):
+        """Mean return over `episodes` evaluation episodes (validation backgrounds)."""
+        c = self.config
+        kwargs = dict(self.env_kwargs)
+        if "background" in kwargs or _is_dmc(c.env.task):
+            kwargs["background_split"] = split
+        kwargs["missing"] = missing or c.env.missing
+        kwargs["missing_rate"] = c.env.missing_eval if rate is None else rate
+        env = envs.make(**kwargs, seed=c.seed + 10_000)
+        if drop:
+            env.drop(list(drop))
+        returns, fractions = [], []
+        for i in range(episodes):
+            ep_seed = int(np.random.default_rng([c.seed, 10_000 + i]).integers(2**31))
+            policy = self._agent_policy(state, ep_seed, training=False)
+            _, ret = run_episode(env, policy, self.agent.modalities, ep_seed)
+            returns.append(ret)
+            fractions.append(env.missing_fraction())
+        env.close()
+        self.last_eval = {"returns": returns, "missing": fractions}
+        return float(np.mean(returns))
+
+
+def _is_dmc(task):
+    return envs.task_info(task).suite == "dmc"
+
+
+def _untyped(state):
+    """PRNG key arrays -> raw uint32 data, so they pickle as plain NumPy."""
+    return jax.tree.map(
+        lambda x: (
+            jax.random.key_data(x)
+            if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+            else x
+        ),
+        state,
+    )
+
+
+def _retype(template, loaded):
+    def fix(t, x):
+        if isinstance(t, jax.Array) and jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(np.asarray(x))
+        if np.shape(t) != np.shape(x):
+            raise RuntimeError(
+                f"checkpoint array shape {np.shape(x)} does not match the model's {np.shape(t)}"
+            )
+        return jax.numpy.asarray(x, dtype=t.dtype)
+
+    return jax.tree.map(fix, template, loaded)
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="env step", dynamic_ncols=True)
+
+
+def env_kwargs_from_config(config) -> dict:
+    """The `envs.make` options a config implies (training environment)."""
+    e = config.env
+    kwargs = {
+        "name": e.task,
+        "modalities": e.modalities,
+        "missing": e.missing,
+        "missing_rate": e.missing_train,
+        "max_missing_len": e.max_missing_len,
+        "time_limit": e.time_limit,
+    }
+    suite = envs.task_info(e.task).suite
+    if suite == "dmc":
+        kwargs.update(
+            image_size=e.image_size,
+            action_repeat=e.action_repeat,
+            background=e.background,
+            composite=e.composite,
+            fast_render=e.fast_render,
+        )
+        if e.touch_site != "sole" or e.task.startswith("walker"):
+            if e.task.startswith(("walker", "cup")):
+                kwargs["touch_site"] = e.touch_site if e.task.startswith("walker") else None
+    elif suite == "toy":
+        kwargs.update(image_size=e.image_size, action_repeat=e.action_repeat)
+    else:
+        kwargs.update(image_size=e.image_size)
+    return kwargs
