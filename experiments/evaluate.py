@@ -36,19 +36,26 @@ def protocol(config):
 
 def main(argv):
     del argv
+    try:
+        evaluate_logdir(FLAGS.logdir, FLAGS.episodes)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def evaluate_logdir(logdir: str, episodes: int = 0) -> dict:
+    """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results."""
     from mummi_jax import config as C
     from mummi_jax import envs, loop
     from mummi_jax.agent import Agent
     from mummi_jax.parallel import seed_key
 
-    logdir = FLAGS.logdir
     path = os.path.join(logdir or "", "config.json")
     if not logdir or not os.path.exists(path):
-        print(
-            f"error: {path} not found; pass --logdir of a run started by experiments.train",
-            file=sys.stderr,
+        raise FileNotFoundError(
+            f"{path} not found; pass --logdir of a run started by experiments.train"
         )
-        return 2
     with open(path) as f:
         config = C.from_dict(json.load(f))
     env_kwargs = loop.env_kwargs_from_config(config)
@@ -58,9 +65,8 @@ def main(argv):
     runner = loop.Runner(config, agent, logdir, env_kwargs, progress=False)
     state, counters = runner.restore(agent.init(seed_key(config.seed)))
     if state is None:
-        print(f"error: no checkpoint in {runner.ckpt_dir}; train first", file=sys.stderr)
-        return 2
-    episodes = FLAGS.episodes or config.train.test_episodes
+        raise FileNotFoundError(f"no checkpoint in {runner.ckpt_dir}; train first")
+    episodes = episodes or config.train.test_episodes
     name, levels = protocol(config)
     results = {
         "method": config.method,
@@ -88,7 +94,7 @@ def main(argv):
         }
         print(f"{level:>12}: {np.mean(returns):8.1f} +- {np.std(returns):6.1f}")
     loop.atomic_write(os.path.join(logdir, "results.json"), json.dumps(results, indent=2).encode())
-    return 0
+    return results
 
 
 if __name__ == "__main__":

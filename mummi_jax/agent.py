@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, mpc, sac
+from mummi_jax import behavior, losses, mpc, sac
 from mummi_jax import distributions as dist
-from mummi_jax import losses_lead as losses
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
 from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities

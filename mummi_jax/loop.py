@@ -224,6 +224,7 @@ class Runner:
         if state is None:
             state = template
             counters = {"env_steps": 0, "episodes": 0, "updates": 0, "last_train": 0}
+        self._trim_metrics(counters["env_steps"])
         # Replay holds exactly the episodes of the checkpoint (later ones were not counted).
         self.replay.truncate(counters["episodes"])
         bar = _progress(t.steps, counters["env_steps"], self.progress)
@@ -265,6 +266,24 @@ class Runner:
             bar.close()
         env.close()
         return state, counters
+
+    def _trim_metrics(self, env_steps: int) -> None:
+        """Drops log lines written after the checkpoint we resume from (a killed run's tail),
+        so metrics.jsonl reads as one uninterrupted run. Rewritten atomically."""
+        path = self.log.path
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= env_steps:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError):
+                continue  # a line cut short by a kill
+        if len(keep) != len(lines):
+            atomic_write(path, "".join(keep).encode())
 
     def _train_phase(self, state, counters):
         t = self.config.train

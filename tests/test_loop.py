@@ -1,0 +1,192 @@
+"""The host loop end to end: every preset writes metrics, checkpoints and results; resume
+after kill -9 continues exactly; bad logdirs, corrupt checkpoints and NaNs stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mummi_jax import config as C
+from mummi_jax import envs, loop
+from mummi_jax.agent import Agent
+
+# A few hundred env steps on the toy robot: 4 episodes of 100 env steps, two train phases.
+SMALL = [
+    "env.image_size=16",
+    "model.cnn_layers=2",
+    "env.time_limit=100",
+    "train.steps=400",
+    "train.prefill_episodes=2",
+    "train.train_every=100",
+    "train.train_steps=4",
+    "train.updates_per_call=2",
+    "train.batch=4",
+    "train.length=6",
+    "train.eval_every=200",
+    "train.test_episodes=1",
+]
+
+
+def make_runner(method, logdir, task="toy_position_camera", extra=()):
+    config = C.make_config(method, task, "tiny", overrides=SMALL + list(extra))
+    kwargs = loop.env_kwargs_from_config(config)
+    probe = envs.make(**kwargs, seed=config.seed)
+    agent = Agent(config, probe.observation_spec(), probe.action_spec())
+    os.makedirs(logdir, exist_ok=True)
+    loop.atomic_write(os.path.join(logdir, "config.json"), config.to_json().encode())
+    return loop.Runner(config, agent, str(logdir), kwargs, progress=False)
+
+
+def read_metrics(logdir):
+    with open(os.path.join(logdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("method", C.METHODS)
+def test_every_preset_runs_end_to_end(method, tmp_path):
+    from experiments.evaluate import evaluate_logdir
+
+    runner = make_runner(method, tmp_path)
+    runner.train()
+    lines = read_metrics(tmp_path)
+    assert [r["step"] for r in lines if "train/return" in r] == [100, 200, 300, 400]
+    assert any("wm/loss" in r for r in lines) and any("eval/return" in r for r in lines)
+    assert os.listdir(tmp_path / "checkpoints")
+    results = evaluate_logdir(str(tmp_path), episodes=1)
+    assert results["protocol"] == "table1" and set(results["evaluations"]) == {
+        "none",
+        "medium",
+        "high",
+    }
+    assert json.load(open(tmp_path / "results.json"))["method"] == method
+
+
+def _train_cmd(logdir, steps):
+    flags = [f"--set={o}" for o in SMALL if not o.startswith("train.steps")]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--method=mummi",
+        "--task=toy_xy",
+        "--size=tiny",
+        f"--logdir={logdir}",
+        f"--set=train.steps={steps}",
+        "--progress=false",
+        *flags,
+    ]
+
+
+def _numbers(lines):
+    # Wall-clock figures differ between any two runs; everything else must match.
+    return [
+        {k: v for k, v in r.items() if k != "wall" and not k.startswith("perf/")} for r in lines
+    ]
+
+
+def test_kill_minus_9_then_rerun_resumes_exactly(tmp_path):
+    steps = 800
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(straight, steps), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(
+        _train_cmd(killed, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once a checkpoint after training exists
+        ckpts = os.listdir(killed / "checkpoints") if (killed / "checkpoints").exists() else []
+        if any(int(c[5:14]) >= 400 for c in ckpts if c.startswith("ckpt-")):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_metrics(killed)[-1]["step"] < steps, "the run finished before it was killed"
+    subprocess.run(_train_cmd(killed, steps), check=True, capture_output=True, timeout=300)
+    a, b = _numbers(read_metrics(straight)), _numbers(read_metrics(killed))
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=1e-6, abs=1e-6), (k, x["step"])
+
+
+def test_a_logdir_with_another_config_is_refused(tmp_path):
+    cmd = _train_cmd(tmp_path, 100)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    other = [c if not c.startswith("--method") else "--method=cvrl" for c in cmd]
+    out = subprocess.run(other, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "different config" in out.stderr and "method" in out.stderr
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before
+
+
+def test_unknown_names_answer_in_one_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--task=walker_fly", "--logdir=/tmp/x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "unknown task 'walker_fly'" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.train", "--set=model.deter=x", "--logdir=/tmp/x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "wrong type" in out.stderr
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path):
+    runner = make_runner("mummi", tmp_path, extra=["train.steps=200"])
+    runner.train()
+    newest = sorted((tmp_path / "checkpoints").iterdir())[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=f"corrupt checkpoint {newest}.*delete it"):
+        make_runner("mummi", tmp_path, extra=["train.steps=200"]).train()
+
+
+def test_nan_losses_stop_with_the_metric_name_and_keep_the_checkpoint(tmp_path):
+    runner = make_runner("mummi", tmp_path)
+    real_train = runner.agent.train
+
+    def poisoned(state, batch):
+        state, metrics = real_train(state, batch)
+        return state, {**metrics, "wm/loss": np.float32("nan")}
+
+    runner.agent.train = poisoned
+    with pytest.raises(FloatingPointError, match="wm/loss is nan at env step 200"):
+        runner.train()
+    assert sorted(os.listdir(tmp_path / "checkpoints"))  # the prefill checkpoints survive
+
+
+def test_replay_batches_keep_the_documented_alignment(tmp_path):
+    replay = loop.Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
+    L = 12
+    episode = {
+        "x": np.arange(L, dtype=np.float32)[:, None],
+        "x_flag": np.ones(L, np.float32),
+        "action": np.arange(L, dtype=np.float32)[:, None] - 1,
+        "reward": np.arange(L, dtype=np.float32),
+        "discount": np.ones(L, np.float32),
+        "is_first": (np.arange(L) == 0).astype(np.float32),
+        "depth": np.zeros((L, 2, 2, 1), np.float32),
+    }
+    replay.add(episode, 0)
+    batch = replay.sample(2, 3, 5)
+    assert batch["x"].shape == (2, 3, 5, 1) and batch["depth"].dtype == np.float16
+    # obs t, the action that led to it (t - 1 here) and its reward stay aligned.
+    np.testing.assert_array_equal(batch["action"][..., 0], batch["x"][..., 0] - 1)
+    np.testing.assert_array_equal(batch["reward"], batch["x"][..., 0])
+    again = loop.Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
+    assert len(again.episodes) == 1  # persisted on disk, reloaded on resume
+    again.truncate(0)
+    assert again.episodes == []
