@@ -327,8 +327,13 @@ class Runner:
 
         return policy
 
-    def evaluate(self, state, episodes=1, split="test", missing=None, rate=None, drop=()):
-        """Mean return over `episodes` evaluation episodes (validation backgrounds)."""
+    def evaluate(
+        self, state, episodes=1, split="test", missing=None, rate=None, drop=(), policy=None
+    ):
+        """Mean return over `episodes` evaluation episodes (validation backgrounds).
+
+        `policy(ep_seed) -> (obs, first) -> action` replaces the agent (e.g. a random
+        baseline scored on exactly the same episodes)."""
         c = self.config
         kwargs = dict(self.env_kwargs)
         if "background" in kwargs or _is_dmc(c.env.task):
@@ -341,8 +346,11 @@ class Runner:
         returns, fractions = [], []
         for i in range(episodes):
             ep_seed = int(np.random.default_rng([c.seed, 10_000 + i]).integers(2**31))
-            policy = self._agent_policy(state, ep_seed, training=False)
-            _, ret = run_episode(env, policy, self.agent.modalities, ep_seed)
+            if policy is None:
+                act = self._agent_policy(state, ep_seed, training=False)
+            else:
+                act = policy(ep_seed)
+            _, ret = run_episode(env, act, self.agent.modalities, ep_seed)
             returns.append(ret)
             fractions.append(env.missing_fraction())
         env.close()
