@@ -7,6 +7,7 @@ orthogonal GRU recurrent kernel (Flax defaults to lecun-normal).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,8 +17,8 @@ glorot = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
 
 
-def dense(features, name=None):
-    return nn.Dense(features, kernel_init=glorot, bias_init=zeros, name=name)
+def dense(features, name=None, dtype=None):
+    return nn.Dense(features, kernel_init=glorot, bias_init=zeros, name=name, dtype=dtype)
 
 
 def _flatten_lead(x, keep):
@@ -30,16 +31,25 @@ class ConvEncoder(nn.Module):
 
     depth: int = 32
     layers: int = 4
+    # Compute dtype (params stay float32): bfloat16 is `model.precision`, the counterpart of
+    # the reference's mixed float16. Outputs are cast back so losses stay float32.
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
         x, lead = _flatten_lead(x, 3)
         for i in range(self.layers):
             x = nn.Conv(
-                self.depth * 2**i, (4, 4), (2, 2), "VALID", kernel_init=glorot, bias_init=zeros
+                self.depth * 2**i,
+                (4, 4),
+                (2, 2),
+                "VALID",
+                kernel_init=glorot,
+                bias_init=zeros,
+                dtype=self.dtype,
             )(x)
             x = nn.relu(x)
-        return x.reshape(lead + (-1,))
+        return x.reshape(lead + (-1,)).astype(jnp.float32)
 
 
 class MLPEncoder(nn.Module):
@@ -63,11 +73,13 @@ class ExpertHead(nn.Module):
     hidden: int = 1024
     size: int = 1024
     min_std: float = 0.1
+    dtype: Any = None  # compute dtype, as ConvEncoder
 
     @nn.compact
     def __call__(self, e):
-        h = nn.relu(dense(self.hidden)(e))
-        mean, raw = jnp.split(dense(2 * self.size)(h), 2, axis=-1)
+        h = nn.relu(dense(self.hidden, dtype=self.dtype)(e))
+        out = dense(2 * self.size, dtype=self.dtype)(h).astype(jnp.float32)
+        mean, raw = jnp.split(out, 2, axis=-1)
         return mean, nn.softplus(raw) + self.min_std
 
 
@@ -226,26 +238,31 @@ class ImageDecoder(nn.Module):
     size: int = 64
     channels: int = 3
     depth: int = 32
+    dtype: Any = None  # compute dtype, as ConvEncoder
 
     @nn.compact
     def __call__(self, feat):
         x, lead = _flatten_lead(feat, 1)
         conv = lambda c, k: nn.ConvTranspose(
-            c, (k, k), (2, 2), "VALID", kernel_init=glorot, bias_init=zeros
+            c, (k, k), (2, 2), "VALID", kernel_init=glorot, bias_init=zeros, dtype=self.dtype
         )
         if self.size == 64:
-            x = dense(32 * self.depth)(x).reshape((-1, 1, 1, 32 * self.depth))
+            x = dense(32 * self.depth, dtype=self.dtype)(x).reshape((-1, 1, 1, 32 * self.depth))
             x = nn.relu(conv(4 * self.depth, 5)(x))
             x = nn.relu(conv(2 * self.depth, 5)(x))
             x = nn.relu(conv(self.depth, 6)(x))
             x = conv(self.channels, 6)(x)
         else:
             s = self.size // 8
-            x = dense(s * s * 4 * self.depth)(x).reshape((-1, s, s, 4 * self.depth))
+            x = dense(s * s * 4 * self.depth, dtype=self.dtype)(x)
+            x = x.reshape((-1, s, s, 4 * self.depth))
+            same = lambda c: nn.ConvTranspose(
+                c, (4, 4), (2, 2), "SAME", kernel_init=glorot, dtype=self.dtype
+            )
             for c in (2 * self.depth, self.depth):
-                x = nn.relu(nn.ConvTranspose(c, (4, 4), (2, 2), "SAME", kernel_init=glorot)(x))
-            x = nn.ConvTranspose(self.channels, (4, 4), (2, 2), "SAME", kernel_init=glorot)(x)
-        return x.reshape(lead + x.shape[1:])
+                x = nn.relu(same(c)(x))
+            x = same(self.channels)(x)
+        return x.reshape(lead + x.shape[1:]).astype(jnp.float32)
 
 
 class MLPDecoder(nn.Module):

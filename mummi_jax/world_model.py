@@ -78,10 +78,13 @@ class WorldModel:
     def __post_init__(self):
         c, m = self.config, self.config.model
         mods = {}
+        # Image encoders/decoders and expert heads hold almost all the FLOPs; the RSSM,
+        # heads and every loss stay float32 (the reference's mixed float16, in bfloat16).
+        dtype = jnp.bfloat16 if m.precision == "bfloat16" else None
         self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
         for name, shape in self.shapes.items():
             if len(shape) == 3:
-                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers)
+                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers, dtype)
             else:
                 hidden = m.proprio_hidden if name == "proprio" else m.touch_hidden
                 layers = m.proprio_layers if name == "proprio" else m.touch_layers
@@ -91,7 +94,9 @@ class WorldModel:
         self.poe = m.fusion == "poe"
         if self.poe:
             for name in self.shapes:
-                mods[f"expert_{name}"] = networks.ExpertHead(m.expert_hidden, m.fused, m.min_std)
+                mods[f"expert_{name}"] = networks.ExpertHead(
+                    m.expert_hidden, m.fused, m.min_std, dtype
+                )
         mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std)
         mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1)
         reps = set(self.rep.values())
@@ -103,7 +108,9 @@ class WorldModel:
             if loss == "recon":
                 shape = self.shapes[name]
                 if len(shape) == 3:
-                    mods[f"dec_{name}"] = networks.ImageDecoder(shape[0], shape[-1], m.cnn_depth)
+                    mods[f"dec_{name}"] = networks.ImageDecoder(
+                        shape[0], shape[-1], m.cnn_depth, dtype
+                    )
                 else:
                     mods[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)
             elif loss.startswith("coral"):

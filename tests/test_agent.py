@@ -154,3 +154,25 @@ def test_agent_rejects_a_spec_without_the_configured_modalities():
     del spec["touch"], spec["touch_flag"]
     with pytest.raises(ValueError, match="observation spec lacks"):
         Agent(cfg, spec, ACTION6)
+
+
+ACTION2 = specs.BoundedArray((2,), np.float32, -1, 1)
+
+
+def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f32():
+    """`model.precision=bfloat16` (the counterpart of the reference's mixed float16)."""
+    cfg32 = C.make_config("dreamer", "toy_position_camera", "tiny", overrides=["env.image_size=16"])
+    cfg16 = C.override(cfg32, {"model.precision": "bfloat16"})
+    spec = toy_spec(16)
+    a32, a16 = Agent(cfg32, spec, ACTION2), Agent(cfg16, spec, ACTION2)
+    s32, s16 = a32.init(jax.random.key(0)), a16.init(jax.random.key(0))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.params))
+    chex.assert_trees_all_equal(s32.params, s16.params)  # same init, only compute differs
+    batch = fixed_batch(a32, spec, cfg32.train.updates_per_call, 4, 6)
+    one = jax.tree.map(lambda x: x[0], batch)
+    hlo = jax.jit(a16._world_model_loss).lower(s16.params["wm"], one, jax.random.key(1)).as_text()
+    assert "bf16" in hlo and "convolution" in hlo
+    _, m32 = a32.train(s32, batch)
+    _, m16 = a16.train(s16, batch)
+    for k in ("wm/loss", "wm/recon/camera", "wm/kl"):
+        assert np.isfinite(m16[k]) and m16[k] == pytest.approx(m32[k], rel=0.05), k
