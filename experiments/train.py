@@ -7,13 +7,13 @@ saved as `<logdir>/config.json`.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags
 
 from mummi_jax import config as C
+from mummi_jax.config import check_logdir
 
 flags.DEFINE_enum("method", "mummi", list(C.METHODS), "Method preset.")
 flags.DEFINE_string("task", "walker_walk", "Task name (see mummi_jax/envs/tasks.py).")
@@ -22,36 +22,20 @@ flags.DEFINE_string("logdir", None, "Run directory (created; re-running resumes)
 flags.DEFINE_enum("size", "paper", list(C.SIZES), "tiny: minutes on a CPU; paper: published.")
 flags.DEFINE_enum("fidelity", "reference", list(C.FIDELITIES), "Released code or paper text.")
 flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+flags.DEFINE_integer("envs", 1, "Environments stepped together, in worker processes.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 FLAGS = flags.FLAGS
 
 
 def resolve_config():
     return C.make_config(
-        FLAGS.method, FLAGS.task, FLAGS.size, FLAGS.fidelity, FLAGS.seed, FLAGS.set
+        FLAGS.method,
+        FLAGS.task,
+        FLAGS.size,
+        FLAGS.fidelity,
+        FLAGS.seed,
+        [f"train.envs={FLAGS.envs}", *FLAGS.set],
     )
-
-
-def check_logdir(logdir: str, config) -> None:
-    """A logdir holding a run with a different config is an error (nothing is touched)."""
-    path = os.path.join(logdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    new = json.loads(config.to_json())
-    diffs = []
-    for key in sorted(set(saved) | set(new)):
-        a, b = saved.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            diffs.append(key)
-    if diffs:
-        raise ValueError(
-            f"{logdir} holds a run with a different config (differs in {', '.join(diffs[:6])}); "
-            "use a new --logdir, or the flags that run was started with"
-        )
 
 
 def main(argv):

@@ -8,12 +8,15 @@ checkpoint continues exactly as an uninterrupted one would (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import math
 import os
 import pickle
+import queue
 import tempfile
+import threading
 import time
 
 import jax
@@ -165,6 +168,52 @@ def run_episode(env, policy, modalities, episode_seed: int | None = None):
     return episode, total
 
 
+def run_episodes(pool, policy, modalities, episode_seeds):
+    """Plays one episode in each env of `pool` (an `EnvPool`) in lockstep, the envs stepping
+    in parallel processes. `policy(obs_list, first) -> (n, A)` acts for all of them in one
+    call. Envs that finish early are stepped on but their steps are ignored. Returns a list of
+    (episode, return), one per env."""
+    n = len(pool)
+    for i, seed in enumerate(episode_seeds):
+        pool.call(i, "reseed", int(seed))
+    timesteps = pool.reset_all()
+    action_dim = pool.action_specs[0].shape[0]
+    steps = [[] for _ in range(n)]
+    prev = np.zeros((n, action_dim), np.float32)
+    totals = [0.0] * n
+    done = [False] * n
+    first = True
+    while True:
+        for i, ts in enumerate(timesteps):
+            if done[i]:
+                continue
+            obs = ts.observation
+            steps[i].append(
+                {
+                    **{m: obs[m] for m in modalities},
+                    **{f"{m}_flag": np.float32(obs[f"{m}_flag"]) for m in modalities},
+                    "action": prev[i].copy(),  # prev is overwritten in place below
+                    "reward": np.float32(ts.reward or 0.0),
+                    "discount": np.float32(1.0 if ts.discount is None else ts.discount),
+                    "is_first": np.float32(first),
+                }
+            )
+            done[i] = ts.last()
+        if all(done):
+            break
+        actions = np.asarray(policy([ts.observation for ts in timesteps], first), np.float32)
+        first = False
+        timesteps = pool.step(list(actions))
+        for i, ts in enumerate(timesteps):
+            if not done[i]:
+                totals[i] += float(ts.reward or 0.0)
+                prev[i] = actions[i]
+    return [
+        ({k: np.stack([s[k] for s in ep]) for k in ep[0]}, total)
+        for ep, total in zip(steps, totals, strict=True)
+    ]
+
+
 class Runner:
     """Trains `agent` on `env` per `config.train`, writing into `logdir`."""
 
@@ -199,8 +248,17 @@ class Runner:
         for old in kept[: -self.config.train.checkpoints_kept]:
             os.remove(old)
 
-    def restore(self, template):
+    def checkpoint_steps(self) -> list[int]:
+        """Env steps of the checkpoints on disk, oldest first."""
+        paths = sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.pkl")))
+        return [int(os.path.basename(p)[5:14]) for p in paths]
+
+    def restore(self, template, max_step: int | None = None):
+        """Newest checkpoint (at most `max_step` env steps, if given) -> (state, counters);
+        (None, None) when there is none."""
         for path in sorted(glob.glob(os.path.join(self.ckpt_dir, "ckpt-*.pkl")), reverse=True):
+            if max_step is not None and int(os.path.basename(path)[5:14]) > max_step:
+                continue
             try:
                 with open(path, "rb") as f:
                     data = pickle.load(f)
@@ -217,8 +275,13 @@ class Runner:
     # -------------------------------------------------------------- loop
     def train(self):
         c, t = self.config, self.config.train
-        modalities = self.agent.modalities
-        env = envs.make(**self.env_kwargs, seed=c.seed)
+        if t.envs > 1:
+            from mummi_jax.envs.workers import EnvPool
+
+            env = None
+            pool = EnvPool([dict(self.env_kwargs, seed=c.seed + i) for i in range(t.envs)])
+        else:
+            env, pool = envs.make(**self.env_kwargs, seed=c.seed), None
         template = self.agent.init(seed_key(c.seed))
         state, counters = self.restore(template)
         if state is None:
@@ -231,21 +294,19 @@ class Runner:
         last_return = float("nan")
         while counters["env_steps"] < t.steps:
             ep_index = counters["episodes"]
-            ep_seed = int(np.random.default_rng([c.seed, ep_index]).integers(2**31))
-            if ep_index < t.prefill_episodes:
-                act_rng = np.random.default_rng([c.seed, ep_index, 1])
-                policy = lambda obs, first, r=act_rng: r.uniform(
-                    -1, 1, self.agent.action_dim
-                ).astype(np.float32)
+            if pool is None:
+                results = [self._play_one(env, state, ep_index)]
             else:
-                policy = self._agent_policy(state, ep_seed, training=True)
-            episode, ret = run_episode(env, policy, modalities, ep_seed)
-            self.replay.add(episode, ep_index)
-            steps = (len(episode["reward"]) - 1) * c.env.action_repeat
-            counters["env_steps"] += steps
-            counters["episodes"] += 1
-            last_return = ret
-            self.log.write(counters["env_steps"], {"train/return": ret, "train/length": steps})
+                results = self._play_group(pool, state, ep_index)
+            steps = 0
+            for i, (episode, ret) in enumerate(results):
+                self.replay.add(episode, ep_index + i)
+                length = (len(episode["reward"]) - 1) * c.env.action_repeat
+                steps += length
+                counters["env_steps"] += length
+                counters["episodes"] += 1
+                last_return = ret
+                self.log.write(counters["env_steps"], {"train/return": ret, "train/length": length})
             # Train every `train_every` env steps once the prefill is done.
             if counters["episodes"] >= t.prefill_episodes:
                 while counters["env_steps"] - counters["last_train"] >= t.train_every:
@@ -264,8 +325,56 @@ class Runner:
                 bar.set_postfix(ret=f"{last_return:.1f}", updates=counters["updates"])
         if bar is not None:
             bar.close()
-        env.close()
+        (env or pool).close()
         return state, counters
+
+    def _episode_seed(self, ep_index: int) -> int:
+        return int(np.random.default_rng([self.config.seed, ep_index]).integers(2**31))
+
+    def _random_actions(self, ep_index: int):
+        return np.random.default_rng([self.config.seed, ep_index, 1])
+
+    def _play_one(self, env, state, ep_index):
+        ep_seed = self._episode_seed(ep_index)
+        if ep_index < self.config.train.prefill_episodes:
+            rng = self._random_actions(ep_index)
+            policy = lambda obs, first: rng.uniform(-1, 1, self.agent.action_dim).astype(np.float32)
+        else:
+            policy = self._agent_policy(state, ep_seed, training=True)
+        return run_episode(env, policy, self.agent.modalities, ep_seed)
+
+    def _play_group(self, pool, state, ep_index):
+        """`train.envs` episodes at once, one batched acting call per step. A group is all
+        prefill (random) or all agent, so the prefill rounds up to a multiple of the envs."""
+        n = len(pool)
+        seeds = [self._episode_seed(ep_index + i) for i in range(n)]
+        if ep_index < self.config.train.prefill_episodes:
+            rngs = [self._random_actions(ep_index + i) for i in range(n)]
+            dim = self.agent.action_dim
+            policy = lambda obs, first: np.stack([r.uniform(-1, 1, dim) for r in rngs])
+        else:
+            policy = self._batched_policy(state, seeds[0], n, training=True)
+        return run_episodes(pool, policy, self.agent.modalities, seeds)
+
+    def _batched_policy(self, state, seed, n, training):
+        carry = [self.agent.initial_carry(n)]
+        key = jax.random.fold_in(seed_key(seed), 1)
+        step = [0]
+        names = self.agent.modalities
+
+        def policy(obs_list, first):
+            batch = {
+                k: np.stack([np.asarray(o[k]) for o in obs_list])
+                for m in names
+                for k in (m, f"{m}_flag")
+            }
+            batch["is_first"] = np.full(n, float(first), np.float32)
+            k = jax.random.fold_in(key, step[0])
+            step[0] += 1
+            action, carry[0] = self.agent.act(state, carry[0], batch, k, training=training)
+            return np.asarray(action)
+
+        return policy
 
     def _trim_metrics(self, env_steps: int) -> None:
         """Drops log lines written after the checkpoint we resume from (a killed run's tail),
@@ -290,42 +399,69 @@ class Runner:
         calls = max(1, t.train_steps // t.updates_per_call)
         metrics_sum = None
         t0 = time.time()
-        for _ in range(calls):
-            batch = self.replay.sample(t.updates_per_call, t.batch, t.length)
-            state, metrics = self.agent.train(state, batch)
-            metrics = jax.device_get(metrics)
-            for k, v in metrics.items():
-                if not np.isfinite(v):
-                    raise FloatingPointError(
-                        f"{k} is {v} at env step {counters['env_steps']}; the run stopped and "
-                        "its last checkpoint is intact. Lower optim.model_lr or check inputs."
-                    )
-            metrics_sum = (
-                metrics
-                if metrics_sum is None
-                else {k: metrics_sum[k] + metrics[k] for k in metrics}
-            )
-            counters["updates"] += t.updates_per_call
+        with contextlib.closing(self._batches(calls)) as batches:  # stops the prefetch on errors
+            for batch in batches:
+                state, metrics = self.agent.train(state, batch)
+                metrics = jax.device_get(metrics)
+                for k, v in metrics.items():
+                    if not np.isfinite(v):
+                        raise FloatingPointError(
+                            f"{k} is {v} at env step {counters['env_steps']}; the run stopped and "
+                            "its last checkpoint is intact. Lower optim.model_lr or check inputs."
+                        )
+                metrics_sum = (
+                    metrics
+                    if metrics_sum is None
+                    else {k: metrics_sum[k] + metrics[k] for k in metrics}
+                )
+                counters["updates"] += t.updates_per_call
         values = {k: v / calls for k, v in metrics_sum.items()}
         values["perf/updates_per_second"] = calls * t.updates_per_call / (time.time() - t0)
         self.log.write(counters["env_steps"], values)
         return state
 
+    def _batches(self, calls: int):
+        """Yields `calls` stacked batches `(K, B, T, ...)`, sampled `train.prefetch` ahead on
+        a thread so that sampling and the host-to-device copy overlap the update. One thread
+        draws from the replay RNG in order, so the batches are those of a serial loop."""
+        t = self.config.train
+        sample = lambda: self.replay.sample(t.updates_per_call, t.batch, t.length)
+        if t.prefetch <= 0:
+            for _ in range(calls):
+                yield sample()
+            return
+        q: queue.Queue = queue.Queue(maxsize=t.prefetch)
+        stop = threading.Event()
+
+        def work():
+            try:
+                for _ in range(calls):
+                    item = jax.device_put(sample())
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+                q.put(e)
+
+        thread = threading.Thread(target=work, name="replay-prefetch", daemon=True)
+        thread.start()
+        try:
+            for _ in range(calls):
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # a consumer that stops early (NaN) must not leave the thread blocked
+            thread.join()
+
     def _agent_policy(self, state, ep_seed, training):
-        carry = [self.agent.initial_carry(1)]
-        key = jax.random.fold_in(seed_key(ep_seed), 1)
-        step = [0]
-        names = self.agent.modalities
-
-        def policy(obs, first):
-            batch = {k: np.asarray(obs[k])[None] for m in names for k in (m, f"{m}_flag")}
-            batch["is_first"] = np.asarray([first], np.float32)
-            k = jax.random.fold_in(key, step[0])
-            step[0] += 1
-            action, carry[0] = self.agent.act(state, carry[0], batch, k, training=training)
-            return np.asarray(action[0])
-
-        return policy
+        """The agent acting in one env: `policy(obs, first) -> (A,)`."""
+        batched = self._batched_policy(state, ep_seed, 1, training)
+        return lambda obs, first: batched([obs], first)[0]
 
     def evaluate(
         self, state, episodes=1, split="test", missing=None, rate=None, drop=(), policy=None

@@ -190,3 +190,43 @@ def test_replay_batches_keep_the_documented_alignment(tmp_path):
     assert len(again.episodes) == 1  # persisted on disk, reloaded on resume
     again.truncate(0)
     assert again.episodes == []
+
+
+def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
+    """`--envs=N`: N envs in spawned workers, stepped in lockstep with one batched policy
+    call; episode for episode, the same data as playing them one by one in process."""
+    from mummi_jax.envs.workers import EnvPool
+
+    config = C.make_config("mummi", "toy_position_camera", "tiny", overrides=SMALL)
+    kwargs = loop.env_kwargs_from_config(config)
+    seeds = [11, 12]
+    rngs = [np.random.default_rng(s) for s in seeds]
+    actions = [[r.uniform(-1, 1, 2).astype(np.float32) for _ in range(60)] for r in rngs]
+    count = [0]
+
+    def batched(obs_list, first):
+        i = count[0]
+        count[0] += 1
+        return np.stack([actions[0][i], actions[1][i]])
+
+    with EnvPool([dict(kwargs, seed=0), dict(kwargs, seed=1)]) as pool:
+        together = loop.run_episodes(pool, batched, ("position", "camera"), seeds)
+    env = envs.make(**kwargs, seed=5)
+    for j, seed in enumerate(seeds):
+        it = iter(actions[j])
+        alone, ret = loop.run_episode(
+            env, lambda o, f, it=it: next(it), ("position", "camera"), seed
+        )
+        assert together[j][1] == pytest.approx(ret)
+        for k in alone:
+            np.testing.assert_array_equal(together[j][0][k], alone[k], err_msg=k)
+    assert not np.array_equal(together[0][0]["position"], together[1][0]["position"])
+
+
+def test_a_run_with_two_envs_trains_and_logs_every_episode(tmp_path):
+    runner = make_runner("mummi", tmp_path, extra=["train.envs=2"])
+    _, counters = runner.train()
+    lines = read_metrics(tmp_path)
+    assert [r["step"] for r in lines if "train/return" in r] == [100, 200, 300, 400]
+    assert counters["episodes"] == 4 and counters["updates"] > 0
+    assert len(os.listdir(tmp_path / "episodes")) == 4
