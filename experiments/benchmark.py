@@ -22,6 +22,13 @@ flags.DEFINE_enum("size", "tiny", ["tiny", "paper"], "Model size for model bench
 flags.DEFINE_list("tasks", [], "Tasks (default: each benchmark's own list).")
 flags.DEFINE_integer("repeats", 0, "Timed repetitions (0: the benchmark's default).")
 flags.DEFINE_string("method", "mummi", "Method preset for model benchmarks.")
+flags.DEFINE_integer(
+    "updates_per_call",
+    0,
+    "K updates per jitted call for --what=train_step (0: 1 at paper size on CPU, "
+    "else the config's).",
+)
+flags.DEFINE_multi_string("set", [], "Config override section.key=value (model benchmarks).")
 flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
 FLAGS = flags.FLAGS
 

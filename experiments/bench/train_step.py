@@ -48,10 +48,12 @@ def _batch(agent, spec, K, B, T):
 
 def run(flags):
     size = flags.size
-    cfg = C.make_config(flags.method, "walker_walk", size)
+    cfg = C.make_config(flags.method, "walker_walk", size, overrides=flags.set)
     spec = _spec(cfg.env.image_size)
     agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
-    K = 1 if size == "paper" else cfg.train.updates_per_call
+    K = flags.updates_per_call or (
+        1 if size == "paper" and jax.default_backend() == "cpu" else cfg.train.updates_per_call
+    )
     B, T = cfg.train.batch, cfg.train.length
     repeats = flags.repeats or (3 if size == "paper" else 10)
     batch = jax.device_put(_batch(agent, spec, K, B, T))

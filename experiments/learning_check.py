@@ -1,0 +1,113 @@
+"""Does the agent learn? Train, then score it and a random policy on the same test episodes.
+
+    python -m experiments.learning_check --logdir=runs/learning_check
+
+Defaults: MuMMI, the toy 2D robot with a position sensor and a ceiling camera (a reaching
+reward, at most 200 per episode), the tiny size (20k env steps, a few minutes on a 2-core
+CPU). The run is an ordinary `experiments.train` logdir (re-running resumes). It then plays
+`--episodes` test episodes with the trained agent and with uniform random actions on the very
+same episode seeds, and passes when
+
+    mean(agent) >= mean(random) + --margin   and   mean(agent) >= 2 * mean(random).
+
+Writes `<logdir>/learning_check.json` and exits 1 when the check fails. Measured figures are
+in BENCHMARKS.md ("Learning check").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from mummi_jax import config as C
+from mummi_jax.config import check_logdir
+
+flags.DEFINE_string("method", "mummi", "Method preset.")
+flags.DEFINE_string("task", "toy_position_camera", "Task (a toy task learns in CPU minutes).")
+flags.DEFINE_enum("size", "tiny", list(C.SIZES), "Model size.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_string("logdir", "runs/learning_check", "Run directory (re-running resumes).")
+flags.DEFINE_integer("episodes", 10, "Test episodes for the agent and for the random policy.")
+flags.DEFINE_float("margin", 50.0, "Required lead of the agent's mean return over random.")
+flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
+FLAGS = flags.FLAGS
+
+
+def random_policy(action_dim):
+    def factory(ep_seed):
+        rng = np.random.default_rng([ep_seed, 7])
+        return lambda obs, first: rng.uniform(-1, 1, action_dim).astype(np.float32)
+
+    return factory
+
+
+def check(config, logdir, episodes, margin, progress=False) -> dict:
+    """Trains (or resumes) `config` in `logdir`, then scores agent and random policy."""
+    from mummi_jax import envs, loop
+    from mummi_jax.agent import Agent
+
+    check_logdir(logdir, config)
+    os.makedirs(logdir, exist_ok=True)
+    loop.atomic_write(os.path.join(logdir, "config.json"), config.to_json().encode())
+    kwargs = loop.env_kwargs_from_config(config)
+    probe = envs.make(**kwargs, seed=config.seed)
+    agent = Agent(config, probe.observation_spec(), probe.action_spec())
+    probe.close()
+    runner = loop.Runner(config, agent, logdir, kwargs, progress=progress)
+    state, counters = runner.train()
+    runner.evaluate(state, episodes=episodes, split="test", rate=0.0)
+    trained = runner.last_eval["returns"]
+    runner.evaluate(
+        state, episodes=episodes, split="test", rate=0.0, policy=random_policy(agent.action_dim)
+    )
+    rand = runner.last_eval["returns"]
+    a, r = float(np.mean(trained)), float(np.mean(rand))
+    result = {
+        "method": config.method,
+        "task": config.env.task,
+        "size": config.size,
+        "seed": config.seed,
+        "env_steps": counters["env_steps"],
+        "updates": counters["updates"],
+        "agent": {"mean": a, "std": float(np.std(trained)), "returns": trained},
+        "random": {"mean": r, "std": float(np.std(rand)), "returns": rand},
+        "margin_required": margin,
+        "passed": bool(a >= r + margin and a >= 2 * r),
+    }
+    loop.atomic_write(
+        os.path.join(logdir, "learning_check.json"), json.dumps(result, indent=2).encode()
+    )
+    return result
+
+
+def main(argv):
+    del argv
+    try:
+        config = C.make_config(
+            FLAGS.method, FLAGS.task, FLAGS.size, seed=FLAGS.seed, overrides=FLAGS.set
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = check(config, FLAGS.logdir, FLAGS.episodes, FLAGS.margin, FLAGS.progress)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    a, r = result["agent"], result["random"]
+    print(
+        f"{result['method']} on {result['task']} after {result['env_steps']} env steps: "
+        f"{a['mean']:.1f} +- {a['std']:.1f}; random {r['mean']:.1f} +- {r['std']:.1f} "
+        f"({FLAGS.episodes} episodes each); "
+        f"{'PASS' if result['passed'] else 'FAIL'} (margin {FLAGS.margin:g})"
+    )
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
