@@ -17,6 +17,7 @@ from absl import app, flags
 
 flags.DEFINE_string("logdir", None, "A training run directory.")
 flags.DEFINE_integer("episodes", 0, "Episodes per evaluation (0: config.train.test_episodes).")
+flags.DEFINE_bool("videos", True, "Write a GIF of the first episode of each level.")
 FLAGS = flags.FLAGS
 
 
@@ -37,15 +38,17 @@ def protocol(config):
 def main(argv):
     del argv
     try:
-        evaluate_logdir(FLAGS.logdir, FLAGS.episodes)
+        evaluate_logdir(FLAGS.logdir, FLAGS.episodes, FLAGS.videos)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def evaluate_logdir(logdir: str, episodes: int = 0) -> dict:
-    """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results."""
+def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict:
+    """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results.
+
+    With `videos`, the first episode of each level goes to `<logdir>/videos/<level>.gif`."""
     from mummi_jax import config as C
     from mummi_jax import envs, loop
     from mummi_jax.agent import Agent
@@ -92,6 +95,10 @@ def evaluate_logdir(logdir: str, episodes: int = 0) -> dict:
                 m: float(np.mean([f[m] for f in fractions])) for m in agent.modalities
             },
         }
+        if videos:
+            path = runner.write_video(f"{name}-{level}")
+            if path:
+                results["evaluations"][level]["video"] = os.path.relpath(path, logdir)
         print(f"{level:>12}: {np.mean(returns):8.1f} +- {np.std(returns):6.1f}")
     loop.atomic_write(os.path.join(logdir, "results.json"), json.dumps(results, indent=2).encode())
     return results

@@ -177,7 +177,7 @@ class TrainConfig:
     replay_capacity: int = 2_000_000  # env steps kept in memory
     prefetch: int = 2  # batches sampled ahead on a thread (0: sample inline)
     envs: int = 1  # environments stepped together, each in a worker process when > 1
-    video_every: int = 0  # 0 = only the final evaluation
+    video_every: int = 0  # env steps between eval videos (0: only experiments.evaluate's)
 
 
 @dataclass(frozen=True)

@@ -319,10 +319,18 @@ class Runner:
             ):
                 score = self.evaluate(state, episodes=t.eval_episodes, split="test")
                 self.log.write(counters["env_steps"], {"eval/return": score})
+                now = counters["env_steps"]
+                if t.video_every and now // t.video_every > (now - steps) // t.video_every:
+                    self.write_video(f"eval-{now:09d}")
             self.save(state, counters)
             if bar is not None:
                 bar.update(steps)
-                bar.set_postfix(ret=f"{last_return:.1f}", updates=counters["updates"])
+                # tqdm's own rate is env steps/s; updates/s is the last train phase's.
+                bar.set_postfix(
+                    ret=f"{last_return:.1f}",
+                    updates=counters["updates"],
+                    upd_s=f"{getattr(self, 'last_updates_per_second', 0.0):.1f}",
+                )
         if bar is not None:
             bar.close()
         (env or pool).close()
@@ -376,6 +384,19 @@ class Runner:
 
         return policy
 
+    def write_video(self, name: str) -> str | None:
+        """`<logdir>/videos/<name>.gif` of the last evaluation's first episode (None when
+        the task has no image modality)."""
+        from mummi_jax import video
+
+        try:
+            frames = video.episode_frames(self.last_episode, self.agent.modalities)
+        except ValueError:
+            return None
+        path = os.path.join(self.logdir, "videos", f"{name}.gif")
+        video.write_gif(path, frames)
+        return path
+
     def _trim_metrics(self, env_steps: int) -> None:
         """Drops log lines written after the checkpoint we resume from (a killed run's tail),
         so metrics.jsonl reads as one uninterrupted run. Rewritten atomically."""
@@ -417,6 +438,7 @@ class Runner:
                 counters["updates"] += t.updates_per_call
         values = {k: v / calls for k, v in metrics_sum.items()}
         values["perf/updates_per_second"] = calls * t.updates_per_call / (time.time() - t0)
+        self.last_updates_per_second = values["perf/updates_per_second"]
         self.log.write(counters["env_steps"], values)
         return state
 
@@ -486,7 +508,9 @@ class Runner:
                 act = self._agent_policy(state, ep_seed, training=False)
             else:
                 act = policy(ep_seed)
-            _, ret = run_episode(env, act, self.agent.modalities, ep_seed)
+            episode, ret = run_episode(env, act, self.agent.modalities, ep_seed)
+            if i == 0:
+                self.last_episode = episode  # for evaluation videos
             returns.append(ret)
             fractions.append(env.missing_fraction())
         env.close()

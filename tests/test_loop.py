@@ -66,6 +66,11 @@ def test_every_preset_runs_end_to_end(method, tmp_path):
         "high",
     }
     assert json.load(open(tmp_path / "results.json"))["method"] == method
+    # One GIF per level, frames of the camera the agent saw.
+    from PIL import Image
+
+    gif = Image.open(tmp_path / results["evaluations"]["none"]["video"])
+    assert gif.n_frames == 51 and gif.size == (32, 32)  # 16x16 camera, scaled 2x
 
 
 def _train_cmd(logdir, steps):
