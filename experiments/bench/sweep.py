@@ -1,0 +1,60 @@
+"""`--what=sweep`: throughput of S seeds trained together on one device.
+
+For each S in `--seeds_list` (default 1, 2, 4, 8), `SeedParallel` vmaps the train step over
+S seeds on the first device and times K-update calls on walker-shaped synthetic batches (the
+shapes of `--what=train_step`). Reports updates/s summed over seeds and the ratio to one
+seed, measured in the same process after each S's compiling call.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from dm_env import specs
+
+from experiments.bench.train_step import _batch, _spec
+from mummi_jax import config as C
+from mummi_jax.agent import Agent
+from mummi_jax.parallel import SeedParallel
+
+
+def run(flags):
+    cfg = C.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
+    spec = _spec(cfg.env.image_size)
+    agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
+    K = flags.updates_per_call or cfg.train.updates_per_call
+    B, T = cfg.train.batch, cfg.train.length
+    repeats = flags.repeats or 5
+    one = _batch(agent, spec, K, B, T)
+    base = None
+    for n in [int(s) for s in flags.seeds_list]:
+        sweep = SeedParallel(agent, n, devices=jax.devices()[:1])
+        state = sweep.init(list(range(n)))
+        batches = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in one.items()}
+        batches = sweep.shard(batches, "batches")  # placed once: time the updates alone
+        t0 = time.perf_counter()
+        state, metrics = sweep._train(state, batches)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            state, metrics = sweep._train(state, batches)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+        ups = n * K / float(np.median(times))
+        base = base or ups / n
+        yield {
+            "what": "sweep",
+            "size": flags.size,
+            "method": flags.method,
+            "seeds": n,
+            "updates_per_second_summed": round(ups, 2),
+            "ratio_to_one_seed": round(ups / base, 2),
+            "compile_seconds": round(compile_s, 1),
+            "traces": sweep.traces["train"],
+            "device": str(jax.devices()[0].device_kind),
+        }
+        del state, batches

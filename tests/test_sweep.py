@@ -1,0 +1,216 @@
+"""Seed sweeps: seed s of a sweep logs what the single run with seed s logs (1 device; 4 fake
+CPU devices with the seed count divisible and not divisible by the devices in use; seeds at
+different progress; episodes of different lengths); single runs are deterministic; the CLI
+rejects bad input in one line."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import dm_env
+import pytest
+
+from mummi_jax import config as C
+from mummi_jax import envs, loop
+from mummi_jax.agent import Agent
+from tests.test_loop import SMALL, make_runner, read_metrics
+
+# Three 100-step episodes, train phases at 200 (two) and 300, one evaluation at 300: every
+# random source of the loop (episode seeds, prefill, acting keys, replay, eval) shows up.
+# Short imagination and MPC horizons keep the compiles (most of this file's time) small.
+SWEEP = [
+    *SMALL,
+    "train.steps=300",
+    "train.eval_every=300",
+    "behavior.horizon=3",
+    "behavior.mpc_horizon=2",
+]
+REF_SEEDS = (0, 1, 2, 3)
+
+
+def make_config(seed=0):
+    return C.make_config("mummi", "toy_position_camera", "tiny", seed=seed, overrides=SWEEP)
+
+
+def numbers(logdir):
+    """metrics.jsonl without the wall-clock figures."""
+    return [
+        {k: v for k, v in r.items() if k != "wall" and not k.startswith("perf/")}
+        for r in read_metrics(logdir)
+    ]
+
+
+def assert_same_metrics(got, want, rel=1e-4):
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for x, y in zip(got, want, strict=True):
+        assert x.keys() == y.keys(), x["step"]
+        for k in x:
+            assert x[k] == pytest.approx(y[k], rel=rel, abs=1e-5), (k, x["step"])
+
+
+@pytest.fixture(scope="module")
+def agent():
+    """One Agent for every single run (it does not depend on the seed), so they compile once."""
+    config = make_config()
+    probe = envs.make(**loop.env_kwargs_from_config(config), seed=0)
+    try:
+        return Agent(config, probe.observation_spec(), probe.action_spec())
+    finally:
+        probe.close()
+
+
+def single_run(logdir, seed, agent):
+    """What `experiments.train --seed=<seed>` does, with a shared agent."""
+    config = make_config(seed)
+    os.makedirs(logdir, exist_ok=True)
+    runner = loop.Runner(config, agent, str(logdir), loop.env_kwargs_from_config(config), False)
+    runner.train()
+    return numbers(logdir)
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory, agent):
+    """Single runs of REF_SEEDS: what every sweep is compared with."""
+    return {s: single_run(tmp_path_factory.mktemp(f"single{s}"), s, agent) for s in REF_SEEDS}
+
+
+def sweep(logdir, seeds, agent=None, devices=None):
+    from mummi_jax.sweep_loop import SweepRunner
+
+    runner = SweepRunner(make_config(), seeds, str(logdir), agent, progress=False, devices=devices)
+    runner.train()
+    return runner
+
+
+def test_seed_s_of_a_sweep_logs_what_its_single_run_logs_and_resumes_per_seed(
+    tmp_path, refs, agent
+):
+    runner = sweep(tmp_path, [1, 2], agent)
+    assert runner.parallel.traces == {"train": 1, "act/training=True": 1}
+    for s in (1, 2):
+        d = tmp_path / f"seed{s}"
+        assert json.load(open(d / "config.json"))["seed"] == s
+        assert len(os.listdir(d / "episodes")) == 3 and os.listdir(d / "checkpoints")
+        assert_same_metrics(numbers(d), refs[s])
+    assert numbers(tmp_path / "seed1") != numbers(tmp_path / "seed2")
+    # Seed 2 loses its newest checkpoint (as if killed mid-save) and seed 0 joins: one program
+    # then holds a fresh seed in its prefill, seed 2 from step 200 and seed 1 done (masked).
+    newest = sorted(glob.glob(str(tmp_path / "seed2" / "checkpoints" / "*.pkl")))[-1]
+    os.remove(newest)
+    runner = sweep(tmp_path, [0, 1, 2], agent)
+    for s in (0, 1, 2):
+        assert_same_metrics(numbers(tmp_path / f"seed{s}"), refs[s])
+    assert [c["env_steps"] for c in runner.train()[1]] == [300, 300, 300]  # all done: no-op
+
+
+def test_on_four_fake_devices_divisible_and_padded(tmp_path, refs):
+    """4 seeds on 4 devices (one row each), then 3 seeds on 2 devices (padded to 4 rows)."""
+    script = textwrap.dedent(
+        f"""
+        import jax
+        assert len(jax.devices()) == 4, jax.devices()
+        from tests.test_sweep import sweep
+        r = sweep({str(tmp_path / "even")!r}, [0, 1, 2, 3], devices=jax.devices())
+        assert len(r.parallel.devices) == 4 and r.parallel.padded_seeds == 4
+        r = sweep({str(tmp_path / "padded")!r}, [0, 1, 2], devices=jax.devices()[:2])
+        assert len(r.parallel.devices) == 2 and r.parallel.padded_seeds == 4
+        """
+    )
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for s in (0, 1, 2, 3):
+        assert_same_metrics(numbers(tmp_path / "even" / f"seed{s}"), refs[s])
+    for s in (0, 1, 2):
+        assert_same_metrics(numbers(tmp_path / "padded" / f"seed{s}"), refs[s])
+
+
+class _Ragged:
+    """An env whose episodes end early, after a number of agent steps set by the episode seed:
+    seeds fall out of step (as with `wipe`'s early terminations)."""
+
+    def __init__(self, env):
+        self._env, self._limit, self._n = env, None, 0
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def reseed(self, seed):
+        self._env.reseed(seed)
+        self._limit = 15 + (seed % 5) * 8  # 15..47 agent steps of the toy's 50
+
+    def reset(self):
+        self._n = 0
+        return self._env.reset()
+
+    def step(self, action):
+        ts = self._env.step(action)
+        self._n += 1
+        if self._limit is not None and self._n >= self._limit and not ts.last():
+            ts = dm_env.truncation(ts.reward, ts.observation)
+        return ts
+
+
+def test_episodes_of_different_lengths_keep_each_seed_equal_to_its_single_run(
+    tmp_path, agent, monkeypatch
+):
+    make = envs.make
+    monkeypatch.setattr(envs, "make", lambda *a, **k: _Ragged(make(*a, **k)))
+    want = {s: single_run(tmp_path / f"single{s}", s, agent) for s in (4, 5)}
+    lengths = {s: [r["train/length"] for r in want[s] if "train/length" in r] for s in want}
+    assert lengths[4] != lengths[5]  # the seeds really drift apart
+    sweep(tmp_path / "sweep", [4, 5], agent)
+    for s in (4, 5):
+        assert_same_metrics(numbers(tmp_path / "sweep" / f"seed{s}"), want[s])
+
+
+def test_two_single_runs_with_one_seed_log_identical_numbers(tmp_path, refs):
+    make_runner("mummi", tmp_path, extra=SWEEP[len(SMALL) :]).train()  # its own Agent
+    assert numbers(tmp_path) == refs[0]  # bitwise, not approximately
+
+
+def test_a_logdir_with_another_config_is_refused(tmp_path, agent):
+    from mummi_jax.sweep_loop import SweepRunner
+
+    os.makedirs(tmp_path / "seed0")
+    other = C.override(make_config(0), ["train.batch=5"])
+    loop.atomic_write(str(tmp_path / "seed0" / "config.json"), other.to_json().encode())
+    with pytest.raises(ValueError, match="different config"):
+        SweepRunner(make_config(), [1, 0], str(tmp_path), agent, progress=False)
+    assert not os.path.exists(tmp_path / "seed1")  # nothing written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds=3-1"], "bad --seeds '3-1'"),
+        (["--seeds=0,a"], "bad --seeds '0,a'"),
+        (["--seeds=1,1"], "distinct"),
+        (["--method=mummi,bogus"], "unknown method 'bogus'"),
+        (["--task=walker_fly"], "walker_fly"),
+        (["--set=train.envs=2"], "one env per seed"),
+    ],
+)
+def test_the_cli_rejects_bad_input_in_one_line(tmp_path, args, message):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", f"--logdir={tmp_path}", "--size=tiny", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not os.listdir(tmp_path)
