@@ -575,6 +575,37 @@ class Agent:
         return act_fn
 
     # ------------------------------------------------------------------ introspection
+    def expert_posteriors(self, state: TrainState, obs: dict) -> dict:
+        """Each modality's expert q(s^f | x^m) for a batch of single observations (MuMMI
+        eq. 11; what Fig. 1/19/20 plot). PoE fusion only.
+
+        Args:
+          state: a `TrainState` (only `params["wm"]` is read).
+          obs: raw observations `{m: (N, *shape)}` in the environment's dtypes; flags are
+            not needed (an expert's output does not depend on its presence).
+        Returns:
+          `{m: (mean, std)}` in the task's modality order, NumPy arrays `(N, fused)` each.
+        """
+        if not self.nets.poe:
+            raise ValueError(
+                f"expert_posteriors needs model.fusion='poe'; {self.config.method} uses "
+                f"{self.config.model.fusion!r}, which has no per-modality experts"
+            )
+        if not hasattr(self, "_experts_jit"):
+
+            def experts(wm, raw):
+                x = self.preprocess(raw)
+                return self.nets.experts(wm, self.nets.encode(wm, x))
+
+            self._experts_jit = jax.jit(experts)
+        raw = {}
+        for m in self.modalities:
+            raw[m] = np.asarray(obs[m])
+            raw[f"{m}_flag"] = np.ones(raw[m].shape[:1], np.float32)
+        out = self._experts_jit(state.params["wm"], raw)
+        # jit returns dicts with sorted keys; keep the task's modality order.
+        return {m: (np.asarray(out[m][0]), np.asarray(out[m][1])) for m in self.modalities}
+
     def param_counts(self, state: TrainState) -> dict[str, int]:
         count = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
         return {k: count(v) for k, v in state.params.items()}
