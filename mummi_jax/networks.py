@@ -26,6 +26,79 @@ def _flatten_lead(x, keep):
     return x.reshape((-1,) + x.shape[x.ndim - keep :]), lead
 
 
+def _space_to_depth(x):
+    """(N, H, W, C) -> (N, H//2, W//2, 4C), channels ordered (row parity, col parity, c).
+
+    An odd trailing row/column is dropped: a VALID stride-2 conv with an even kernel never
+    reads it."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2]
+    x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h2, w2, 4 * c)
+
+
+def conv_stride2_matmul(x, kernel):
+    """A VALID stride-2 convolution with an even k x k kernel, as one matmul.
+
+    x: (N, H, W, C); kernel: (k, k, C, O) HWIO -> (N, (H-k)//2+1, (W-k)//2+1, O).
+
+    Equal to `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` (to float rounding):
+    after a 2x2 space-to-depth, the stride-2 k x k conv is a stride-1 (k/2 x k/2) conv, whose
+    (k/2)^2 shifted slices are concatenated on channels and multiplied by the regrouped kernel.
+    Why: XLA:CPU's own convolution runs these layers at 30-40 GFLOP/s on a 2-core box, the
+    matmul at several times that (BENCHMARKS.md, "One update"); the patch tensor is only about
+    (k/2)^2 x the s2d input, not the k^2 of a plain im2col.
+    """
+    k = kernel.shape[0]
+    if kernel.shape[1] != k or k % 2:
+        raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
+    y = _space_to_depth(x)
+    a = k // 2
+    oh, ow = y.shape[1] - a + 1, y.shape[2] - a + 1
+    c, o = kernel.shape[2], kernel.shape[3]
+    # kernel[2i + di, 2j + dj, c] multiplies s2d slice (i, j), channel (di, dj, c).
+    w = kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(a * a * 4 * c, o)
+    patches = jnp.concatenate(
+        [y[:, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=-1
+    )
+    return jnp.einsum("nhwk,ko->nhwo", patches, w)
+
+
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def _use_matmul(impl: str) -> bool:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; choose one of {CONV_IMPLS}")
+    # cuDNN's convolutions are the fast path on GPU; the matmul form only wins on XLA:CPU.
+    return impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
+class StridedConv(nn.Module):
+    """k x k, stride 2, VALID conv with `nn.Conv`'s parameters (`kernel` HWIO, `bias`), so
+    checkpoints and parameter counts do not depend on `impl` (`auto` | `xla` | `matmul`)."""
+
+    features: int
+    kernel_size: int = 4
+    impl: str = "auto"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
+        k = self.kernel_size
+        kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", zeros, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if _use_matmul(self.impl):
+            y = conv_stride2_matmul(x, kernel)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y + bias
+
+
 class ConvEncoder(nn.Module):
     """4 convs depth*2^i, kernel 4, stride 2, VALID, ReLU; NHWC flatten (64x64 -> 1024)."""
 
@@ -34,21 +107,15 @@ class ConvEncoder(nn.Module):
     # Compute dtype (params stay float32): bfloat16 is `model.precision`, the counterpart of
     # the reference's mixed float16. Outputs are cast back so losses stay float32.
     dtype: Any = None
+    conv_impl: str = "auto"  # `model.conv_impl`; same parameters and outputs either way
 
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
         x, lead = _flatten_lead(x, 3)
         for i in range(self.layers):
-            x = nn.Conv(
-                self.depth * 2**i,
-                (4, 4),
-                (2, 2),
-                "VALID",
-                kernel_init=glorot,
-                bias_init=zeros,
-                dtype=self.dtype,
-            )(x)
-            x = nn.relu(x)
+            # Named as nn.Conv would be: parameter trees are those of earlier checkpoints.
+            conv = StridedConv(self.depth * 2**i, 4, self.conv_impl, self.dtype, name=f"Conv_{i}")
+            x = nn.relu(conv(x))
         return x.reshape(lead + (-1,)).astype(jnp.float32)
 
 

@@ -84,7 +84,9 @@ class WorldModel:
         self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
         for name, shape in self.shapes.items():
             if len(shape) == 3:
-                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers, dtype)
+                mods[f"enc_{name}"] = networks.ConvEncoder(
+                    m.cnn_depth, m.cnn_layers, dtype, m.conv_impl
+                )
             else:
                 hidden = m.proprio_hidden if name == "proprio" else m.touch_hidden
                 layers = m.proprio_layers if name == "proprio" else m.touch_layers

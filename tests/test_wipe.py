@@ -287,5 +287,64 @@ def test_missing_robosuite_says_how_to_install(monkeypatch):
         wipe.make("wipe", seed=0)
 
 
+# A tiny MuMMI run on Wipe: 3 episodes of 20 agent steps (40 env steps at action repeat 2),
+# the last one with the agent and its train phases, one evaluation.
+WIPE_SMALL = [
+    "env.image_size=16",
+    "model.cnn_layers=2",
+    "env.time_limit=20",
+    "train.steps=120",
+    "train.prefill_episodes=2",
+    "train.train_every=40",
+    "train.train_steps=2",
+    "train.updates_per_call=2",
+    "train.batch=4",
+    "train.length=6",
+    "train.eval_every=80",
+    "train.test_episodes=1",
+]
+
+
+@needs_robosuite
+def test_tiny_mummi_trains_and_evaluates_table2_on_wipe(tmp_path):
+    """experiments.train then experiments.evaluate on `wipe`, each in its own process (GL)."""
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONPATH": str(REPO)}
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", *args], env=env, cwd=str(REPO), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    sets = [f"--set={o}" for o in WIPE_SMALL]
+    logdir = f"--logdir={tmp_path}"
+    proc = run("experiments.train", "--method=mummi", "--task=wipe", "--size=tiny", logdir,
+               "--progress=false", *sets)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["env"]["task"] == "wipe" and config["method"] == "mummi"
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    # 2 prefill episodes of 40 env steps, then the agent's, until 120 env steps are done;
+    # Wipe may end an episode early (a collision or a joint limit).
+    ends = [r["step"] for r in lines if "train/return" in r]
+    assert ends[:2] == [40, 80] and ends[-1] >= 120 and ends[-2] < 120
+    assert all(0 < b - a <= 40 for a, b in zip(ends, ends[1:], strict=False))
+    losses = [r["wm/loss"] for r in lines if "wm/loss" in r]
+    assert losses and all(np.isfinite(losses))
+    assert any(k.startswith("wm/nce/workspace") for r in lines for k in r)
+    assert any("eval/return" in r for r in lines)
+    assert os.listdir(tmp_path / "checkpoints")
+
+    proc = run("experiments.evaluate", logdir, "--episodes=1", "--videos=false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["protocol"] == "table2"
+    evals = results["evaluations"]
+    assert set(evals) == {"all_full", "all_medium", "robot_full", "robot_medium"}
+    for level in ("robot_full", "robot_medium"):
+        assert evals[level]["modalities"] == ["eye_in_hand"]
+        assert evals[level]["actual_missing"]["workspace"] == 1.0  # the dropped camera
+    assert evals["all_full"]["actual_missing"] == {"workspace": 0.0, "eye_in_hand": 0.0}
+    for level in evals.values():
+        assert len(level["returns"]) == 1 and np.isfinite(level["mean"])
+
+
 if __name__ == "__main__":
     _probe(sys.argv[1])

@@ -2,7 +2,13 @@
 
 Paper size: B=50, T=50, 64x64 RGB + depth + touch (walker), H=15, MuMMI preset; tiny: the
 tiny preset. Prints compile time, median seconds per update over K-update calls, peak RSS,
-and a per-component breakdown (world model alone, behaviour alone) on the same batch.
+and a per-component breakdown on the same batch (each part jitted alone, forward and
+backward): image encoders, expert heads + fusion, the RSSM observe scan, the whole
+world-model gradient and the imagination actor/value gradients.
+
+On a CPU the process's allocator matters (BENCHMARKS.md, "One update"): glibc hands the
+step's multi-GB temporaries back to the kernel and faults them in again on every call, while
+tcmalloc or jemalloc keep them. The record names the allocator found in the process.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import resource
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from dm_env import specs
 
@@ -44,6 +51,69 @@ def _batch(agent, spec, K, B, T):
     out["discount"] = np.ones((K, B, T), np.float32)
     out["is_first"] = np.zeros((K, B, T), np.float32)
     return out
+
+
+def allocator() -> str:
+    """The malloc library preloaded into this process ("glibc" when none is)."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    for name in ("tcmalloc", "jemalloc", "mimalloc"):
+        if f"lib{name}" in maps:
+            return name
+    return "glibc"
+
+
+def _timed(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _components(agent, params, batch, repeats):
+    """Seconds of each part of one update, forward + backward, jitted alone."""
+    nets, mods = agent.nets, agent.modalities
+    key = jax.random.key(1)
+    obs = jax.jit(agent.preprocess)(batch)
+    flags = {m: obs[f"{m}_flag"] for m in mods}
+    wm = params["wm"]
+    images = [m for m in mods if m in nets.image_modalities]
+
+    def encode_loss(p, obs):  # the image encoders only: they hold the convolutions
+        enc = lambda m: nets.modules[f"enc_{m}"].apply(p[f"enc_{m}"], obs[m])
+        return sum(jnp.sum(jnp.square(enc(m))) for m in images)
+
+    embeds = jax.jit(nets.encode)(wm, obs)
+
+    def fuse_loss(p, embeds):
+        fused, _, _ = nets.fuse(p, embeds, flags, key)
+        return jnp.sum(jnp.square(fused))
+
+    fused, _, _ = jax.jit(lambda p, e: nets.fuse(p, e, flags, key))(wm, embeds)
+
+    def observe_loss(p, fused):
+        post, prior = nets.observe(p, fused, batch["action"], batch["is_first"], key)
+        return jnp.sum(jnp.square(post["stoch"])) + jnp.sum(jnp.square(prior["mean"]))
+
+    wm_loss = lambda p, b, k: agent._world_model_loss(p, b, k)
+    _, (post, _) = jax.jit(wm_loss)(wm, batch, key)
+    image_obs = {m: obs[m] for m in images}
+    parts = {
+        "encoders": (jax.grad(encode_loss), wm, image_obs),
+        "experts_and_fusion": (jax.grad(fuse_loss, argnums=(0, 1)), wm, embeds),
+        "observe_scan": (jax.grad(observe_loss, argnums=(0, 1)), wm, fused),
+        "world_model_grad": (jax.grad(lambda p, b, k: wm_loss(p, b, k)[0]), wm, batch, key),
+    }
+    if agent._uses_imagination:
+        parts["imagination_grads"] = (agent._imagination_grads, params, post, key)
+    for name, (fn, *args) in parts.items():
+        yield name, _timed(jax.jit(fn), *args, repeats=repeats)
 
 
 def run(flags):
@@ -80,20 +150,17 @@ def run(flags):
         "compile_seconds": compile_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(jax.devices()[0].device_kind),
+        "conv_impl": cfg.model.conv_impl,
+        "allocator": allocator(),
     }
     yield record
-    # Breakdown: the world-model loss and gradient alone, on one batch.
+    # Breakdown on one batch; shares of the update are of the median above.
     one = jax.tree.map(lambda x: x[0], batch)
-    wm_grad = jax.jit(jax.grad(lambda p, b, k: agent._world_model_loss(p, b, k)[0]))
-    jax.block_until_ready(wm_grad(state.params["wm"], one, jax.random.key(1)))
-    wm_times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(wm_grad(state.params["wm"], one, jax.random.key(1)))
-        wm_times.append(time.perf_counter() - t)
-    yield {
-        "what": "train_step/world_model_grad",
-        "size": size,
-        "seconds": float(np.median(wm_times)),
-        "share_of_update": float(np.median(wm_times)) / record["seconds_per_update"],
-    }
+    for name, seconds in _components(agent, state.params, one, repeats):
+        yield {
+            "what": f"train_step/{name}",
+            "size": size,
+            "method": flags.method,
+            "seconds": seconds,
+            "share_of_update": seconds / record["seconds_per_update"],
+        }
