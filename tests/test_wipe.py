@@ -146,6 +146,23 @@ def _probe(out_path: str) -> None:
     env_d.close()
     env.close()
 
+    # F: dm_env's own conformance suite (a peer's test, not ours) on the Wipe adapter.
+    import io
+    import unittest
+
+    from dm_env import test_utils
+
+    class WipeConformance(test_utils.EnvironmentTestMixin, unittest.TestCase):
+        def make_object_under_test(self):
+            return wipe.make("wipe", seed=0, modalities=mods, time_limit=STEPS)
+
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(WipeConformance)
+    result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(suite)
+    info["conformance"] = {
+        "run": result.testsRun,
+        "problems": [f"{t.id()}: {tb[-800:]}" for t, tb in result.failures + result.errors],
+    }
+
     # E: the mujoco-compat patch. 100 steps with no cameras; the golden numbers came from
     # the same script on unpatched mujoco 3.9.0 (robosuite 1.5.1), where no patch applies.
     env_e = wipe.make("wipe", seed=7, modalities=("proprio",), time_limit=100)
@@ -268,6 +285,13 @@ def test_patched_mujoco_matches_unpatched_trajectory(probe):
     assert steps == 100
     # Unpatched mujoco 3.9.0 gave return 0.547259 and final proprio sum 4.892498.
     np.testing.assert_allclose([ret, proprio_sum], [0.547259, 4.892498], atol=2e-5)
+
+
+@needs_robosuite
+def test_dm_env_conformance_suite(probe):
+    info, _ = probe
+    assert info["conformance"]["run"] == 4, info["conformance"]
+    assert not info["conformance"]["problems"], "\n".join(info["conformance"]["problems"])
 
 
 def test_unknown_option_lists_valid_ones():
