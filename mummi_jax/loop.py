@@ -214,6 +214,47 @@ def run_episodes(pool, policy, modalities, episode_seeds):
     ]
 
 
+def prefetch(sample, calls: int, depth: int, name: str = "prefetch"):
+    """Yields `sample()` `calls` times, computed up to `depth` ahead on one thread (in order,
+    so random draws inside `sample` match a serial loop); `depth <= 0` samples inline.
+
+    An exception in the thread is raised in the consumer; a consumer that stops early (a
+    NaN stop, `close()`) releases and joins the thread."""
+    if depth <= 0:
+        for _ in range(calls):
+            yield sample()
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for _ in range(calls):
+                item = sample()
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    try:
+        for _ in range(calls):
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Runner:
     """Trains `agent` on `env` per `config.train`, writing into `logdir`."""
 
@@ -447,38 +488,8 @@ class Runner:
         a thread so that sampling and the host-to-device copy overlap the update. One thread
         draws from the replay RNG in order, so the batches are those of a serial loop."""
         t = self.config.train
-        sample = lambda: self.replay.sample(t.updates_per_call, t.batch, t.length)
-        if t.prefetch <= 0:
-            for _ in range(calls):
-                yield sample()
-            return
-        q: queue.Queue = queue.Queue(maxsize=t.prefetch)
-        stop = threading.Event()
-
-        def work():
-            try:
-                for _ in range(calls):
-                    item = jax.device_put(sample())
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                q.put(e)
-
-        thread = threading.Thread(target=work, name="replay-prefetch", daemon=True)
-        thread.start()
-        try:
-            for _ in range(calls):
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()  # a consumer that stops early (NaN) must not leave the thread blocked
-            thread.join()
+        sample = lambda: jax.device_put(self.replay.sample(t.updates_per_call, t.batch, t.length))
+        return prefetch(sample, calls, t.prefetch, "replay-prefetch")
 
     def _agent_policy(self, state, ep_seed, training):
         """The agent acting in one env: `policy(obs, first) -> (A,)`."""

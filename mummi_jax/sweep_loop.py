@@ -29,8 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
-import threading
 import time
 from collections.abc import Sequence
 
@@ -372,36 +370,4 @@ class SweepRunner:
             rows = [own[i] if i in own else own[on[0]] for i in range(len(mask))]
             return {k: np.stack([b[k] for b in rows]) for k in rows[0]}
 
-        if t.prefetch <= 0:
-            for _ in range(calls):
-                yield sample()
-            return
-        q: queue.Queue = queue.Queue(maxsize=t.prefetch)
-        stop = threading.Event()
-
-        def work():
-            try:
-                for _ in range(calls):
-                    item = sample()
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-                q.put(e)
-
-        thread = threading.Thread(target=work, name="sweep-prefetch", daemon=True)
-        thread.start()
-        try:
-            for _ in range(calls):
-                item = q.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()  # a consumer that stops early (NaN) must not leave the thread blocked
-            thread.join()
+        return loop.prefetch(sample, calls, t.prefetch, "sweep-prefetch")
