@@ -26,16 +26,21 @@ from absl import app, flags
 from mummi_jax import config as C
 from mummi_jax.config import check_logdir
 
-flags.DEFINE_string("method", "mummi", "Method preset.")
-flags.DEFINE_string("task", "toy_position_camera", "Task (a toy task learns in CPU minutes).")
-flags.DEFINE_enum("size", "tiny", list(C.SIZES), "Model size.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string("logdir", "runs/learning_check", "Run directory (re-running resumes).")
-flags.DEFINE_integer("episodes", 10, "Test episodes for the agent and for the random policy.")
-flags.DEFINE_float("margin", 50.0, "Required lead of the agent's mean return over random.")
-flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
-flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined only when run as a script: tests import `check`, and `logdir` / `episodes`
+    would clash with experiments.evaluate's flags in one process."""
+    flags.DEFINE_string("method", "mummi", "Method preset.")
+    flags.DEFINE_string("task", "toy_position_camera", "Task (a toy task learns in CPU minutes).")
+    flags.DEFINE_enum("size", "tiny", list(C.SIZES), "Model size.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("logdir", "runs/learning_check", "Run directory (re-running resumes).")
+    flags.DEFINE_integer("episodes", 10, "Test episodes for the agent and for the random policy.")
+    flags.DEFINE_float("margin", 50.0, "Required lead of the agent's mean return over random.")
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar while training.")
 
 
 def random_policy(action_dim):
@@ -110,4 +115,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))
