@@ -17,20 +17,25 @@ import sys
 from absl import app, flags
 
 WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe")
-flags.DEFINE_enum("what", "env", WHATS, "Which benchmark to run.")
-flags.DEFINE_enum("size", "tiny", ["tiny", "paper"], "Model size for model benchmarks.")
-flags.DEFINE_list("tasks", [], "Tasks (default: each benchmark's own list).")
-flags.DEFINE_integer("repeats", 0, "Timed repetitions (0: the benchmark's default).")
-flags.DEFINE_string("method", "mummi", "Method preset for model benchmarks.")
-flags.DEFINE_integer(
-    "updates_per_call",
-    0,
-    "K updates per jitted call for --what=train_step (0: 1 at paper size on CPU, "
-    "else the config's).",
-)
-flags.DEFINE_multi_string("set", [], "Config override section.key=value (model benchmarks).")
-flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined when run as a script, not on import: tests import several entry points'
+    functions into one process, where flags of one name from two modules clash."""
+    flags.DEFINE_enum("what", "env", WHATS, "Which benchmark to run.")
+    flags.DEFINE_enum("size", "tiny", ["tiny", "paper"], "Model size for model benchmarks.")
+    flags.DEFINE_list("tasks", [], "Tasks (default: each benchmark's own list).")
+    flags.DEFINE_integer("repeats", 0, "Timed repetitions (0: the benchmark's default).")
+    flags.DEFINE_string("method", "mummi", "Method preset for model benchmarks.")
+    flags.DEFINE_integer(
+        "updates_per_call",
+        0,
+        "K updates per jitted call for --what=train_step (0: 1 at paper size on CPU, "
+        "else the config's).",
+    )
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (model benchmarks).")
+    flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
 
 
 def main(argv):
@@ -42,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -44,13 +44,17 @@ AUTO_TABLES = {"table1": "mummi_table1", "table2": "mummi_table2"}
 AUTO_ORDER = ("mummi_table1", "mummi_table2", "cvrl_table1_natural")
 CURVE_KEY = "eval/return"
 
-flags.DEFINE_list("logdirs", [], "Run directories or parents of seed runs, comma separated.")
-flags.DEFINE_string("out", "", "Output directory (default: the first logdir).")
-flags.DEFINE_string("table", "auto", "Published table to compare with, or 'auto'.")
-flags.DEFINE_string("reference", REFERENCE_PATH, "reference_numbers.json to read.")
-flags.DEFINE_integer("resamples", stats.DEFAULT_RESAMPLES, "Bootstrap resamples.")
-flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resampling.")
-flags.DEFINE_float("smoothing", 0.9, "EMA weight for the learning curves (paper: 0.9).")
+
+def define_flags():
+    """Defined when run as a script, not on import: tests import several entry points'
+    functions into one process, where flags of one name from two modules clash."""
+    flags.DEFINE_list("logdirs", [], "Run directories or parents of seed runs, comma separated.")
+    flags.DEFINE_string("out", "", "Output directory (default: the first logdir).")
+    flags.DEFINE_string("table", "auto", "Published table to compare with, or 'auto'.")
+    flags.DEFINE_string("reference", REFERENCE_PATH, "reference_numbers.json to read.")
+    flags.DEFINE_integer("resamples", stats.DEFAULT_RESAMPLES, "Bootstrap resamples.")
+    flags.DEFINE_integer("bootstrap_seed", 0, "Seed of the bootstrap resampling.")
+    flags.DEFINE_float("smoothing", 0.9, "EMA weight for the learning curves (paper: 0.9).")
 
 
 @dataclasses.dataclass
@@ -511,4 +515,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

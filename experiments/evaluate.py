@@ -15,10 +15,15 @@ import sys
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("logdir", None, "A training run directory.")
-flags.DEFINE_integer("episodes", 0, "Episodes per evaluation (0: config.train.test_episodes).")
-flags.DEFINE_bool("videos", True, "Write a GIF of the first episode of each level.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined when run as a script, not on import: tests import several entry points'
+    functions into one process, where flags of one name from two modules clash."""
+    flags.DEFINE_string("logdir", None, "A training run directory.")
+    flags.DEFINE_integer("episodes", 0, "Episodes per evaluation (0: config.train.test_episodes).")
+    flags.DEFINE_bool("videos", True, "Write a GIF of the first episode of each level.")
 
 
 def protocol(config):
@@ -105,4 +110,5 @@ def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -33,16 +33,21 @@ from absl import app, flags
 from mummi_jax import config as C
 from mummi_jax import distributed
 
-flags.DEFINE_list("method", ["mummi"], "Method preset(s), comma-separated.")
-flags.DEFINE_list("task", ["walker_walk"], "Task(s), comma-separated.")
-flags.DEFINE_string("seeds", "0-3", "Seeds: a range 0-7, a list 0,3,5, or both (0-3,8).")
-flags.DEFINE_string("logdir", None, "Sweep directory (created; re-running resumes).")
-flags.DEFINE_enum("size", "paper", list(C.SIZES), "tiny: minutes on a CPU; paper: published.")
-flags.DEFINE_enum("fidelity", "reference", list(C.FIDELITIES), "Released code or paper text.")
-flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
-distributed.define_flags()
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined when run as a script, not on import: tests import several entry points'
+    functions into one process, where flags of one name from two modules clash."""
+    flags.DEFINE_list("method", ["mummi"], "Method preset(s), comma-separated.")
+    flags.DEFINE_list("task", ["walker_walk"], "Task(s), comma-separated.")
+    flags.DEFINE_string("seeds", "0-3", "Seeds: a range 0-7, a list 0,3,5, or both (0-3,8).")
+    flags.DEFINE_string("logdir", None, "Sweep directory (created; re-running resumes).")
+    flags.DEFINE_enum("size", "paper", list(C.SIZES), "tiny: minutes on a CPU; paper: published.")
+    flags.DEFINE_enum("fidelity", "reference", list(C.FIDELITIES), "Released code or paper text.")
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    distributed.define_flags()
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -98,8 +103,9 @@ def main(argv):
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         return 2
     if not FLAGS.logdir:
-        print("error: --logdir is required (a sweep directory; re-running resumes)",
-              file=sys.stderr)
+        print(
+            "error: --logdir is required (a sweep directory; re-running resumes)", file=sys.stderr
+        )
         return 2
     try:
         seeds, pairs = resolve(
@@ -134,4 +140,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

@@ -15,16 +15,21 @@ from absl import app, flags
 from mummi_jax import config as C
 from mummi_jax.config import check_logdir
 
-flags.DEFINE_enum("method", "mummi", list(C.METHODS), "Method preset.")
-flags.DEFINE_string("task", "walker_walk", "Task name (see mummi_jax/envs/tasks.py).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string("logdir", None, "Run directory (created; re-running resumes).")
-flags.DEFINE_enum("size", "paper", list(C.SIZES), "tiny: minutes on a CPU; paper: published.")
-flags.DEFINE_enum("fidelity", "reference", list(C.FIDELITIES), "Released code or paper text.")
-flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
-flags.DEFINE_integer("envs", 1, "Environments stepped together, in worker processes.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defined when run as a script, not on import: tests import several entry points'
+    functions into one process, where flags of one name from two modules clash."""
+    flags.DEFINE_enum("method", "mummi", list(C.METHODS), "Method preset.")
+    flags.DEFINE_string("task", "walker_walk", "Task name (see mummi_jax/envs/tasks.py).")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("logdir", None, "Run directory (created; re-running resumes).")
+    flags.DEFINE_enum("size", "paper", list(C.SIZES), "tiny: minutes on a CPU; paper: published.")
+    flags.DEFINE_enum("fidelity", "reference", list(C.FIDELITIES), "Released code or paper text.")
+    flags.DEFINE_multi_string("set", [], "Config override section.key=value (repeatable).")
+    flags.DEFINE_integer("envs", 1, "Environments stepped together, in worker processes.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def resolve_config():
@@ -73,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))
