@@ -191,7 +191,7 @@ def analyse(experts: dict, positions, n_train: int, poe_form: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def collect(env, modalities, seeds, seed):
+def collect(env, modalities, seeds, seed, extra=()):
     """Episodes of a uniform random policy, one per episode seed, as replay dicts."""
     from mummi_jax import loop
 
@@ -200,27 +200,16 @@ def collect(env, modalities, seeds, seed):
     for seed_i in seeds:
         rng = np.random.default_rng([seed, int(seed_i), 1])
         policy = lambda obs, first, rng=rng: rng.uniform(-1, 1, dim).astype(np.float32)
-        episode, _ = loop.run_episode(env, policy, modalities, int(seed_i))
+        episode, _ = loop.run_episode(env, policy, modalities, int(seed_i), extra=extra)
         episodes.append(episode)
     return episodes
 
 
 def collect_positions(env, modalities, seeds, seed):
     """Like `collect`, also returning each observation's `true_position`: (obs, `(N, 2)`)."""
-    obs, pos = {m: [] for m in modalities}, []
-    dim = env.action_spec().shape[0]
-    for seed_i in seeds:
-        rng = np.random.default_rng([seed, int(seed_i), 1])
-        env.reseed(int(seed_i))
-        ts = env.reset()
-        while True:
-            for m in modalities:
-                obs[m].append(ts.observation[m])
-            pos.append(ts.observation["true_position"])
-            if ts.last():
-                break
-            ts = env.step(rng.uniform(-1, 1, dim).astype(np.float32))
-    return {m: np.stack(v) for m, v in obs.items()}, np.stack(pos)
+    episodes = collect(env, modalities, seeds, seed, extra=("true_position",))
+    obs = {m: np.concatenate([e[m] for e in episodes]) for m in modalities}
+    return obs, np.concatenate([e["true_position"] for e in episodes])
 
 
 # ----------------------------------------------------------------------------- run

@@ -135,8 +135,11 @@ def _storage(key, value):
 
 
 # ----------------------------------------------------------------------------- episodes
-def run_episode(env, policy, modalities, episode_seed: int | None = None):
-    """Plays one episode. `policy(obs_batch1) -> action (A,)`. Returns (episode, return)."""
+def run_episode(env, policy, modalities, episode_seed: int | None = None, extra=()):
+    """Plays one episode. `policy(obs, first) -> action (A,)`. Returns (episode, return).
+
+    `extra`: observation keys recorded as they are, with no flag (e.g. the toy robot's
+    `true_position`, for analysis only)."""
     if episode_seed is not None and hasattr(env, "reseed"):
         env.reseed(episode_seed)
     ts = env.reset()
@@ -151,6 +154,7 @@ def run_episode(env, policy, modalities, episode_seed: int | None = None):
             {
                 **{m: obs[m] for m in modalities},
                 **{f"{m}_flag": np.float32(obs[f"{m}_flag"]) for m in modalities},
+                **{k: obs[k] for k in extra},
                 "action": prev_action,
                 "reward": np.float32(ts.reward or 0.0),
                 "discount": np.float32(1.0 if ts.discount is None else ts.discount),
