@@ -65,14 +65,107 @@ def conv_stride2_matmul(x, kernel):
     return jnp.einsum("nhwk,ko->nhwo", patches, w)
 
 
+def _transpose_pad_before(k: int, padding: str) -> int:
+    """Leading padding `lax.conv_transpose` gives the stride-2 input-dilated input."""
+    if padding == "VALID":
+        return k - 1
+    if padding == "SAME":
+        return k - 1 if 2 > k - 1 else -(-k // 2)  # ceil((k + 2 - 2) / 2)
+    raise ValueError(f"conv_transpose_stride2_matmul takes VALID or SAME padding, got {padding!r}")
+
+
+def _full_conv_input_side(x, wm):
+    """(N, H, W, C), wm (A, A, C, 2, 2, O) -> (N, H+A-1, W+A-1, 4 O): slices, then a matmul."""
+    a, c, o = wm.shape[0], wm.shape[2], wm.shape[5]
+    gh, gw = x.shape[1] + a - 1, x.shape[2] + a - 1
+    xp = jnp.pad(x, ((0, 0), (a - 1, a - 1), (a - 1, a - 1), (0, 0)))
+    patches = jnp.concatenate(
+        [xp[:, i : i + gh, j : j + gw] for i in range(a) for j in range(a)], axis=-1
+    )
+    return jnp.einsum("nhwk,ko->nhwo", patches, wm.reshape(a * a * c, 4 * o))
+
+
+def _full_conv_output_side(x, wm):
+    """As `_full_conv_input_side`: a matmul to every tap, then shifted adds."""
+    a, c, o = wm.shape[0], wm.shape[2], wm.shape[5]
+    # Tap a = A - 1 - b lands a rows/columns below its input pixel.
+    wo = wm[::-1, ::-1].transpose(2, 0, 1, 3, 4, 5).reshape(c, a * a * 4 * o)
+    # Split, not index: the gradient then concatenates instead of scattering into zeros.
+    taps = jnp.split(jnp.einsum("nhwc,ck->nhwk", x, wo), a * a, axis=-1)
+    return sum(
+        jnp.pad(taps[i * a + j], ((0, 0), (i, a - 1 - i), (j, a - 1 - j), (0, 0)))
+        for i in range(a)
+        for j in range(a)
+    )
+
+
+def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
+    """`lax.conv_transpose(x, kernel, (2, 2), padding)` (flax's `nn.ConvTranspose`, kernel not
+    transposed), written as one matmul and a depth-to-space.
+
+    x: (N, H, W, C); kernel: (k, k, C, O) HWIO -> (N, 2H + k - 2, 2W + k - 2, O) for VALID,
+    (N, 2H, 2W, O) for SAME.
+
+    Output row 2p + r (r its parity) sums x[p - a] times kernel tap k - 1 - (2a + r) over
+    a < A = ceil(k/2): a stride-1 "full" conv with A x A taps onto 4 O channels (one block per
+    output parity), then a depth-to-space and a crop to the rows `padding` keeps. The full conv
+    is one matmul, in one of two forms:
+    - input side: the A^2 shifted slices of the zero-padded x, concatenated on channels,
+      times the regrouped kernel; its temporary is A^2 C per position and its FLOPs grow with
+      the padded area (H+A-1)(W+A-1);
+    - output side: x times the kernel to all A^2 taps at once (A^2 4 O per position), then
+      A^2 shifted adds; exact FLOPs.
+    The output side is taken where C > 4 O or the padding would more than double the work: on
+    XLA:CPU it wins for the 64x64 decoder's 1x1 first and 3-channel last layers (gradient
+    0.11 s against 0.70, 0.43 against 0.64 on 500 images) and loses for the 13x13 one (0.91
+    against 0.56).
+    Why: as for `conv_stride2_matmul` (XLA:CPU's transposed convolutions are slow, their
+    gradients 10-30x so; under a seed vmap they would become grouped convolutions).
+    """
+    k = kernel.shape[0]
+    if kernel.shape[1] != k:
+        raise ValueError(f"conv_transpose_stride2_matmul needs a square kernel, got {kernel.shape}")
+    n, h, w, c = x.shape
+    o = kernel.shape[3]
+    a = -(-k // 2)
+    # Front-pad odd kernels to even size 2A: tap t of the padded kernel is tap t - (2A - k).
+    wp = jnp.pad(kernel, ((2 * a - k, 0), (2 * a - k, 0), (0, 0), (0, 0)))
+    # (b_h, b_w, C, r_h, r_w, O): block b (= A - 1 - a) with output parity r uses tap 2b + 1 - r.
+    wm = wp.reshape(a, 2, a, 2, c, o)[:, ::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5)
+    gh, gw = h + a - 1, w + a - 1
+    output_side = c > 4 * o or gh * gw > 2 * h * w
+    full = _full_conv_output_side if output_side else _full_conv_input_side
+    y = full(x, wm)
+    y = y.reshape(n, gh, gw, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * gh, 2 * gw, o)
+    off = (k - 1) - _transpose_pad_before(k, padding)
+    oh, ow = (2 * h + k - 2, 2 * w + k - 2) if padding == "VALID" else (2 * h, 2 * w)
+    return y[:, off : off + oh, off : off + ow]
+
+
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 
-def _use_matmul(impl: str) -> bool:
+def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
+    """`model.conv_impl` -> ``"xla"`` (`lax.conv`) or ``"matmul"`` (`conv_stride2_matmul`).
+
+    ``auto`` picks the matmul form on a CPU, where XLA:CPU's convolution inside the scanned
+    update is 25x slower, and wherever one device runs several seeds of a sweep
+    (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
+    XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
+    the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
+    after another (BENCHMARKS.md, "Sweeps"), while the matmul form becomes a batched matmul.
+    Elsewhere (one seed on a GPU) cuDNN's convolution is the fast path.
+    """
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; choose one of {CONV_IMPLS}")
-    # cuDNN's convolutions are the fast path on GPU; the matmul form only wins on XLA:CPU.
-    return impl == "matmul" or (impl == "auto" and jax.default_backend() == "cpu")
+    if impl != "auto":
+        return impl
+    backend = jax.default_backend() if backend is None else backend
+    return "matmul" if backend == "cpu" or seeds_per_device > 1 else "xla"
+
+
+def _use_matmul(impl: str) -> bool:
+    return resolve_conv_impl(impl) == "matmul"
 
 
 class StridedConv(nn.Module):
@@ -95,6 +188,32 @@ class StridedConv(nn.Module):
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y + bias
+
+
+class StridedConvTranspose(nn.Module):
+    """k x k, stride 2 transposed conv with `nn.ConvTranspose`'s parameters and results
+    (`kernel` HWIO, `bias`; VALID or SAME), either as `lax.conv_transpose` or as
+    `conv_transpose_stride2_matmul` (`impl`, as `StridedConv`)."""
+
+    features: int
+    kernel_size: int
+    padding: str = "VALID"
+    impl: str = "auto"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
+        k = self.kernel_size
+        kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", zeros, (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if _use_matmul(self.impl):
+            y = conv_transpose_stride2_matmul(x, kernel, self.padding)
+        else:
+            y = jax.lax.conv_transpose(
+                x, kernel, (2, 2), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         return y + bias
 
@@ -306,29 +425,28 @@ class ImageDecoder(nn.Module):
     channels: int = 3
     depth: int = 32
     dtype: Any = None  # compute dtype, as ConvEncoder
+    conv_impl: str = "auto"  # `model.conv_impl`, as ConvEncoder
 
     @nn.compact
     def __call__(self, feat):
         x, lead = _flatten_lead(feat, 1)
-        conv = lambda c, k: nn.ConvTranspose(
-            c, (k, k), (2, 2), "VALID", kernel_init=glorot, bias_init=zeros, dtype=self.dtype
-        )
         if self.size == 64:
             x = dense(32 * self.depth, dtype=self.dtype)(x).reshape((-1, 1, 1, 32 * self.depth))
-            x = nn.relu(conv(4 * self.depth, 5)(x))
-            x = nn.relu(conv(2 * self.depth, 5)(x))
-            x = nn.relu(conv(self.depth, 6)(x))
-            x = conv(self.channels, 6)(x)
+            layers = [(4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (self.channels, 6)]
+            padding = "VALID"
         else:
             s = self.size // 8
             x = dense(s * s * 4 * self.depth, dtype=self.dtype)(x)
             x = x.reshape((-1, s, s, 4 * self.depth))
-            same = lambda c: nn.ConvTranspose(
-                c, (4, 4), (2, 2), "SAME", kernel_init=glorot, dtype=self.dtype
+            layers = [(2 * self.depth, 4), (self.depth, 4), (self.channels, 4)]
+            padding = "SAME"
+        for i, (c, k) in enumerate(layers):
+            # Named as nn.ConvTranspose would be: parameter trees are those of old checkpoints.
+            conv = StridedConvTranspose(
+                c, k, padding, self.conv_impl, self.dtype, name=f"ConvTranspose_{i}"
             )
-            for c in (2 * self.depth, self.depth):
-                x = nn.relu(same(c)(x))
-            x = same(self.channels)(x)
+            x = conv(x)
+            x = nn.relu(x) if i < len(layers) - 1 else x
         return x.reshape(lead + x.shape[1:]).astype(jnp.float32)
 
 

@@ -101,6 +101,16 @@ def unstack(tree: PyTree, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def seeds_per_device(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> int:
+    """Rows of the seed axis each device computes: ceil(S / D) with D = min(S, devices).
+
+    Above 1, a device runs a vmapped batch of seeds; the sweep then builds its agent with
+    `networks.resolve_conv_impl(..., seeds_per_device)`, which avoids grouped convolutions.
+    """
+    n_dev = min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
+    return -(-int(num_seeds) // max(n_dev, 1))
+
+
 class SeedParallel:
     """Runs `num_seeds` independent copies of `agent` as one vmapped, seed-sharded program.
 
@@ -134,8 +144,7 @@ class SeedParallel:
         self.agent = agent
         self.num_seeds = int(num_seeds)
         self.devices = devices[: min(len(devices), self.num_seeds)]
-        n_dev = len(self.devices)
-        self.padded_seeds = -(-self.num_seeds // n_dev) * n_dev
+        self.padded_seeds = seeds_per_device(self.num_seeds, devices) * len(self.devices)
         # Row r of the padded axis holds seed min(r, S-1): dummies repeat a real seed so that
         # they stay finite and cost the same as a real row.
         self._rows = np.minimum(np.arange(self.padded_seeds), self.num_seeds - 1)

@@ -31,13 +31,15 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import jax
 import numpy as np
 
 from mummi_jax import envs, loop
 from mummi_jax.config import Config, check_logdir, override
-from mummi_jax.parallel import SeedParallel, seed_key, unstack
+from mummi_jax.networks import resolve_conv_impl
+from mummi_jax.parallel import SeedParallel, seed_key, seeds_per_device, unstack
 
 _FRESH = {"env_steps": 0, "episodes": 0, "updates": 0, "last_train": 0}
 
@@ -93,7 +95,8 @@ class SweepRunner:
       seeds: the seeds this process runs (after `distributed.local_seeds`), S of them.
       logdir: the sweep directory; seed N writes `<logdir>/seed<N>/` (config.json included;
         a directory holding a different config is refused with ValueError).
-      agent: an `Agent` for this config (seed-independent); built from a probe env if None.
+      agent: an `Agent` for this config (seed-independent); built from a probe env if None,
+        with the conv form `networks.resolve_conv_impl` picks for the seeds per device.
       env_kwargs: `envs.make` options; default `loop.env_kwargs_from_config(config)`.
       progress: show a tqdm bar (env steps summed over seeds).
       devices: devices for the seed axis (default: this process's local devices).
@@ -123,9 +126,14 @@ class SweepRunner:
         if agent is None:
             from mummi_jax.agent import Agent
 
+            # The agent alone sees the resolved conv form; config.json keeps `auto`, as a single
+            # run's does (both forms have the same parameters and numbers).
+            per_device = seeds_per_device(len(self.seeds), devices)
+            impl = resolve_conv_impl(c0.model.conv_impl, per_device)
+            c_agent = replace(c0, model=replace(c0.model, conv_impl=impl))
             probe = envs.make(**self.env_kwargs, seed=c0.seed)
             try:
-                agent = Agent(c0, probe.observation_spec(), probe.action_spec())
+                agent = Agent(c_agent, probe.observation_spec(), probe.action_spec())
             finally:
                 probe.close()
         self.agent = agent

@@ -111,7 +111,7 @@ class WorldModel:
                 shape = self.shapes[name]
                 if len(shape) == 3:
                     mods[f"dec_{name}"] = networks.ImageDecoder(
-                        shape[0], shape[-1], m.cnn_depth, dtype
+                        shape[0], shape[-1], m.cnn_depth, dtype, m.conv_impl
                     )
                 else:
                     mods[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)

@@ -1,4 +1,6 @@
-"""The encoder convolution's matmul form against XLA's convolution (same numbers, same params)."""
+"""The encoder's and decoder's (transposed) convolutions in matmul form against XLA's (same
+numbers, same gradients, same parameters); the conv form `auto` picks, and what vmap over
+seeds makes of each."""
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +49,8 @@ def test_encoder_params_and_outputs_do_not_depend_on_the_conv_impl():
     assert set(params["xla"]["params"]) == {f"Conv_{i}" for i in range(4)}
     jax.tree.map(np.testing.assert_array_equal, params["xla"], params["matmul"])
     with jax.default_matmul_precision("highest"):
-        a = encs["xla"].apply(params["xla"], x)
-        b = encs["matmul"].apply(params["xla"], x)
+        a = jax.jit(encs["xla"].apply)(params["xla"], x)
+        b = jax.jit(encs["matmul"].apply)(params["xla"], x)
     assert a.shape == b.shape == (2, 5, 4 * 4 * 8 * 2**3 // 4)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
@@ -71,3 +73,140 @@ def test_unknown_conv_impl_names_the_choices():
     with pytest.raises(ValueError, match="auto.*xla.*matmul"):
         enc = networks.ConvEncoder(4, 1, conv_impl="cudnn")
         enc.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
+
+
+@pytest.mark.parametrize(
+    "impl,backend,per_device,want",
+    [
+        ("auto", "cpu", 1, "matmul"),
+        ("auto", "gpu", 1, "xla"),
+        ("auto", "gpu", 2, "matmul"),
+        ("auto", "tpu", 8, "matmul"),
+        ("xla", "gpu", 8, "xla"),
+        ("xla", "cpu", 1, "xla"),
+        ("matmul", "gpu", 1, "matmul"),
+    ],
+)
+def test_auto_conv_impl_picks_matmul_on_cpu_and_for_vmapped_seeds(impl, backend, per_device, want):
+    assert networks.resolve_conv_impl(impl, per_device, backend) == want
+
+
+def _grad_hlo(impl, seeds):
+    """StableHLO of d(loss)/d(params) of a ConvEncoder vmapped over `seeds` parameter sets:
+    what a sweep's vmap makes of the encoder."""
+    enc = networks.ConvEncoder(4, 2, conv_impl=impl)
+    x = jnp.ones((seeds, 3, 16, 16, 3))
+    params = jax.vmap(enc.init)(jax.random.split(jax.random.key(0), seeds), x)
+    loss = lambda p, x: jnp.sum(enc.apply(p, x) ** 2)
+    return jax.jit(jax.vmap(jax.grad(loss))).lower(params, x).as_text()
+
+
+def test_vmapped_matmul_encoder_has_no_grouped_convolutions():
+    import re
+
+    # The reason for `auto`'s sweep rule: vmapped lax.convs with a seed axis on the kernel
+    # become grouped convolutions (one group per seed) ...
+    groups = re.findall(r"feature_group_count = (\d+)", _grad_hlo("xla", 4))
+    assert groups and set(groups) == {"4"}
+    # ... while the matmul form has no convolution at all: batched matmuls instead.
+    text = _grad_hlo("matmul", 4)
+    assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
+
+
+def test_a_seed_sweep_of_a_reconstruction_method_lowers_without_convolutions():
+    """Dreamer (image encoder and transposed-conv decoder) vmapped over 2 seeds, as a sweep
+    builds it on any backend: no convolution is left in the lowered train step."""
+    from dm_env import specs
+
+    from mummi_jax import config as C
+    from mummi_jax.agent import Agent
+    from mummi_jax.parallel import SeedParallel
+
+    impl = networks.resolve_conv_impl("auto", seeds_per_device=2, backend="gpu")
+    cfg = C.make_config(
+        "dreamer",
+        "toy_position_camera",
+        "tiny",
+        overrides=["env.image_size=16", "model.cnn_layers=2", f"model.conv_impl={impl}"],
+    )
+    obs = {
+        "camera": specs.BoundedArray((16, 16, 3), np.uint8, 0, 255),
+        "position": specs.Array((2,), np.float32),
+    }
+    obs.update({f"{m}_flag": specs.Array((), np.float32) for m in ("camera", "position")})
+    agent = Agent(cfg, obs, specs.BoundedArray((2,), np.float32, -1, 1))
+    assert set(agent.rep.values()) == {"recon"}
+    sweep = SeedParallel(agent, 2, devices=jax.devices()[:1])
+    state = jax.eval_shape(lambda: jax.vmap(agent.init)(jax.random.split(jax.random.key(0), 2)))
+    K, B, T = 1, cfg.train.batch, cfg.train.length
+    batch = {m: jax.ShapeDtypeStruct((2, K, B, T) + s.shape, s.dtype) for m, s in obs.items()}
+    batch.update(
+        {
+            k: jax.ShapeDtypeStruct((2, K, B, T), np.float32)
+            for k in ("reward", "discount", "is_first")
+        }
+    )
+    batch["action"] = jax.ShapeDtypeStruct((2, K, B, T, 2), np.float32)
+    text = sweep._train.lower(state, batch).as_text()
+    assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
+
+
+# (C, O) = (3, 4) takes the matmul's input-side form except at size 1 (padding); (9, 2) the
+# output-side form (C > 4 O).
+@pytest.mark.parametrize(
+    "size,k,padding,c,o",
+    [
+        (1, 5, "VALID", 3, 4),
+        (5, 5, "VALID", 3, 4),
+        (13, 6, "VALID", 3, 4),
+        (13, 6, "VALID", 9, 2),
+        (4, 4, "SAME", 3, 4),
+        (4, 4, "SAME", 9, 2),
+        (3, 3, "SAME", 3, 4),
+        (5, 5, "SAME", 9, 2),
+    ],
+)
+def test_matmul_transposed_conv_equals_flax_conv_transpose_and_its_gradients(
+    size, k, padding, c, o
+):
+    import flax.linen as nn
+
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, c)), jnp.float32)
+    ref = nn.ConvTranspose(o, (k, k), (2, 2), padding)  # the decoder's layer before
+    params = ref.init(jax.random.key(0), x)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+    mods = {i: networks.StridedConvTranspose(o, k, padding, i) for i in ("xla", "matmul")}
+    assert jax.tree.structure(mods["matmul"].init(jax.random.key(0), x)) == jax.tree.structure(
+        params
+    )
+    # Jitted: op-by-op, every primitive of every form would compile on its own.
+    loss = lambda m: jax.jit(
+        jax.value_and_grad(lambda p, x: jnp.sum(jnp.sin(m.apply(p, x))), (0, 1))
+    )
+    out = lambda m: jax.jit(m.apply)(params, x)
+    with jax.default_matmul_precision("highest"):
+        want = out(ref)
+        _, (gp, gx) = loss(ref)(params, x)
+        close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+        for m in mods.values():
+            np.testing.assert_allclose(out(m), want, rtol=1e-5, atol=1e-4)
+            _, (mp, mx) = loss(m)(params, x)
+            jax.tree.map(close, mp, gp)
+            np.testing.assert_allclose(mx, gx, rtol=1e-4, atol=1e-4)
+    out = {"VALID": 2 * size + k - 2, "SAME": 2 * size}[padding]
+    assert want.shape == (2, out, out + 2, o)
+
+
+@pytest.mark.parametrize("size", [64, 16])
+def test_decoder_params_and_outputs_do_not_depend_on_the_conv_impl(size):
+    feat = jnp.asarray(np.random.default_rng(size).normal(size=(2, 3, 30)), jnp.float32)
+    decs = {i: networks.ImageDecoder(size, 3, 8, conv_impl=i) for i in ("xla", "matmul")}
+    params = decs["xla"].init(jax.random.key(0), feat)
+    # Flax's auto names of the decoder's earlier nn.ConvTranspose layers: old checkpoints load.
+    layers = {64: 4, 16: 3}[size]
+    assert set(params["params"]) == {"Dense_0"} | {f"ConvTranspose_{i}" for i in range(layers)}
+    with jax.default_matmul_precision("highest"):
+        a, b = (jax.jit(decs[i].apply)(params, feat) for i in ("xla", "matmul"))
+    assert a.shape == (2, 3, size, size, 3)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
