@@ -595,6 +595,15 @@ def _check_choice(key, value, choices):
         raise ValueError(f"unknown {key} {value!r}; valid choices: {', '.join(choices)}")
 
 
+def min_image_size(cnn_layers: int) -> int:
+    """Smallest image the encoder takes: each 4x4 VALID stride-2 conv maps s to (s - 4)//2 + 1,
+    so the input to the last layer needs 4 pixels, the one before 10, then 22, 46, ..."""
+    size = 1
+    for _ in range(cnn_layers):
+        size = 2 * size + 2
+    return size
+
+
 def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> None:
     """Rejects combinations that make no sense, before anything is built or compiled.
 
@@ -626,10 +635,11 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
         raise ValueError(f"loss.kl_balance={loss.kl_balance} must be in [0, 1)")
     if not 0 <= loss.modality_drop < 1:
         raise ValueError(f"loss.modality_drop={loss.modality_drop} must be in [0, 1)")
-    if e.image_size < 2**m.cnn_layers * 2:
+    if e.image_size < min_image_size(m.cnn_layers):
         raise ValueError(
             f"env.image_size={e.image_size} is too small for model.cnn_layers={m.cnn_layers} "
-            f"VALID stride-2 convs; use at least {2**m.cnn_layers * 2} or fewer layers"
+            f"VALID stride-2 4x4 convs (the last one would see less than its kernel); use "
+            f"env.image_size>={min_image_size(m.cnn_layers)} or fewer layers"
         )
     rep = str(loss.representation)
     names = [rep] if "=" not in rep else [p.partition("=")[2].strip() for p in rep.split(",")]

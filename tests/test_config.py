@@ -80,6 +80,30 @@ def test_nonsense_is_rejected_with_the_valid_choices(kwargs, match):
         C.make_config(**kwargs)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3, 4])
+def test_images_too_small_for_the_encoder_are_refused_at_the_exact_limit(layers):
+    import jax
+    import jax.numpy as jnp
+
+    from mummi_jax.networks import ConvEncoder
+
+    limit = C.min_image_size(layers)
+    over = [f"model.cnn_layers={layers}"]
+    with pytest.raises(ValueError, match=f"env.image_size>={limit} or fewer layers"):
+        C.make_config(
+            "mummi", "walker_walk", "tiny", overrides=[*over, f"env.image_size={limit - 1}"]
+        )
+    C.make_config("mummi", "walker_walk", "tiny", overrides=[*over, f"env.image_size={limit}"])
+    # At the limit the last conv still has a 1x1 output; one pixel less and it has none.
+    enc = ConvEncoder(2, layers)
+    shape = lambda size: (
+        jax.eval_shape(
+            lambda x: enc.init_with_output(jax.random.key(0), x)[0], jnp.zeros((1, size, size, 1))
+        ).shape
+    )
+    assert shape(limit) == (1, 2 * 2 ** (layers - 1)) and shape(limit - 1) == (1, 0)
+
+
 def test_config_round_trips_through_json():
     cfg = C.make_config("coral_v", "walker_walk", "tiny", "paper", seed=3)
     again = C.from_dict(json.loads(cfg.to_json()))
