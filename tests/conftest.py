@@ -1,0 +1,34 @@
+"""Session setup: one persistent XLA compilation cache shared by the whole test session.
+
+Most of the suite's time is XLA compiling tiny agents, and many tests build an Agent equal to
+one already compiled (every preset end to end and then evaluated, the single runs a sweep is
+checked against, the CLI subprocesses): their programs are the same HLO, and a hit on this
+cache replaces the compile. The directory is fresh per session, so no result depends on an
+earlier run; child processes inherit it through the environment. A cache the user has
+configured (`JAX_COMPILATION_CACHE_DIR`) is used as it is and left in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mummi_jax_test_xla_")
+# Cache every compile worth a disk round trip (JAX's default threshold is 1 s).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402  (after the environment: JAX reads it on import)
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
