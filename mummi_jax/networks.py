@@ -119,8 +119,8 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
     XLA:CPU it wins for the 64x64 decoder's 1x1 first and 3-channel last layers (gradient
     0.11 s against 0.70, 0.43 against 0.64 on 500 images) and loses for the 13x13 one (0.91
     against 0.56).
-    Why: as for `conv_stride2_matmul` (XLA:CPU's transposed convolutions are slow, their
-    gradients 10-30x so; under a seed vmap they would become grouped convolutions).
+    Why: as for `conv_stride2_matmul` (XLA:CPU's transposed-conv gradients are slow: 13x for
+    the whole 64x64 decoder, BENCHMARKS.md; under a seed vmap they become grouped convolutions).
     """
     k = kernel.shape[0]
     if kernel.shape[1] != k:
@@ -146,14 +146,15 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 
 
 def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
-    """`model.conv_impl` -> ``"xla"`` (`lax.conv`) or ``"matmul"`` (`conv_stride2_matmul`).
+    """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`) or ``"matmul"``
+    (`conv_stride2_matmul`, `conv_transpose_stride2_matmul`), for encoders and decoders alike.
 
     ``auto`` picks the matmul form on a CPU, where XLA:CPU's convolution inside the scanned
     update is 25x slower, and wherever one device runs several seeds of a sweep
     (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
     XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
     the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
-    after another (BENCHMARKS.md, "Sweeps"), while the matmul form becomes a batched matmul.
+    after another (BENCHMARKS.md, "Seed sweeps"), while the matmul form becomes a batched matmul.
     Elsewhere (one seed on a GPU) cuDNN's convolution is the fast path.
     """
     if impl not in CONV_IMPLS:
