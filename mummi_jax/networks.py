@@ -170,52 +170,36 @@ def _use_matmul(impl: str) -> bool:
 
 
 class StridedConv(nn.Module):
-    """k x k, stride 2, VALID conv with `nn.Conv`'s parameters (`kernel` HWIO, `bias`), so
-    checkpoints and parameter counts do not depend on `impl` (`auto` | `xla` | `matmul`)."""
+    """k x k, stride-2 convolution, or transposed convolution (`transpose`), with the
+    parameters and results of `nn.Conv` (VALID) or `nn.ConvTranspose` (VALID or SAME):
+    `kernel` HWIO and `bias`, so checkpoints and parameter counts do not depend on `impl`
+    (`auto` | `xla` | `matmul`: `lax.conv*` or this module's matmul forms)."""
 
     features: int
     kernel_size: int = 4
     impl: str = "auto"
     dtype: Any = None
+    transpose: bool = False
+    padding: str = "VALID"
 
     @nn.compact
     def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
+        if not self.transpose and self.padding != "VALID":
+            raise ValueError(f"StridedConv: a forward conv is VALID only, got {self.padding!r}")
         k = self.kernel_size
         kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", zeros, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if _use_matmul(self.impl):
+        dims = ("NHWC", "HWIO", "NHWC")
+        matmul = _use_matmul(self.impl)
+        if self.transpose and matmul:
+            y = conv_transpose_stride2_matmul(x, kernel, self.padding)
+        elif self.transpose:
+            y = jax.lax.conv_transpose(x, kernel, (2, 2), self.padding, dimension_numbers=dims)
+        elif matmul:
             y = conv_stride2_matmul(x, kernel)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        return y + bias
-
-
-class StridedConvTranspose(nn.Module):
-    """k x k, stride 2 transposed conv with `nn.ConvTranspose`'s parameters and results
-    (`kernel` HWIO, `bias`; VALID or SAME), either as `lax.conv_transpose` or as
-    `conv_transpose_stride2_matmul` (`impl`, as `StridedConv`)."""
-
-    features: int
-    kernel_size: int
-    padding: str = "VALID"
-    impl: str = "auto"
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
-        k = self.kernel_size
-        kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
-        bias = self.param("bias", zeros, (self.features,))
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if _use_matmul(self.impl):
-            y = conv_transpose_stride2_matmul(x, kernel, self.padding)
-        else:
-            y = jax.lax.conv_transpose(
-                x, kernel, (2, 2), self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=dims)
         return y + bias
 
 
@@ -443,8 +427,8 @@ class ImageDecoder(nn.Module):
             padding = "SAME"
         for i, (c, k) in enumerate(layers):
             # Named as nn.ConvTranspose would be: parameter trees are those of old checkpoints.
-            conv = StridedConvTranspose(
-                c, k, padding, self.conv_impl, self.dtype, name=f"ConvTranspose_{i}"
+            conv = StridedConv(
+                c, k, self.conv_impl, self.dtype, True, padding, name=f"ConvTranspose_{i}"
             )
             x = conv(x)
             x = nn.relu(x) if i < len(layers) - 1 else x

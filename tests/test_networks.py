@@ -40,6 +40,14 @@ def test_odd_or_non_square_kernels_are_refused():
         networks.conv_stride2_matmul(x, jnp.zeros((3, 3, 1, 1)))
 
 
+def test_unsupported_paddings_are_refused():
+    x = jnp.zeros((1, 8, 8, 1))
+    with pytest.raises(ValueError, match="VALID only"):
+        networks.StridedConv(2, 4, padding="SAME").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="VALID or SAME"):
+        networks.conv_transpose_stride2_matmul(x, jnp.zeros((4, 4, 1, 1)), "CIRCULAR")
+
+
 def test_encoder_params_and_outputs_do_not_depend_on_the_conv_impl():
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 5, 64, 64, 3)), jnp.float32)
     encs = {impl: networks.ConvEncoder(8, 4, conv_impl=impl) for impl in ("xla", "matmul")}
@@ -176,7 +184,9 @@ def test_matmul_transposed_conv_equals_flax_conv_transpose_and_its_gradients(
     ref = nn.ConvTranspose(o, (k, k), (2, 2), padding)  # the decoder's layer before
     params = ref.init(jax.random.key(0), x)
     params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
-    mods = {i: networks.StridedConvTranspose(o, k, padding, i) for i in ("xla", "matmul")}
+    mods = {
+        i: networks.StridedConv(o, k, i, transpose=True, padding=padding) for i in ("xla", "matmul")
+    }
     assert jax.tree.structure(mods["matmul"].init(jax.random.key(0), x)) == jax.tree.structure(
         params
     )
