@@ -8,6 +8,7 @@
 #    (the like-for-like base). The target: 8 seeds at 5x or more one seed's updates/s.
 # 2. Dreamer's update with cuDNN's transposed convolutions against the matmul decoders (its
 #    float32 decoder gradients were 95 % of the H100 update).
+# Each row names the form that ran: `conv_impl` (sweep rows) or `conv_form` (train_step rows).
 set -u
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 bench() { timeout 300 python -m experiments.benchmark "$@" 2>/dev/null | grep '^{' || echo "{\"failed\": \"$*\"}"; }
