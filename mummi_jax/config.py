@@ -95,8 +95,9 @@ class ModelConfig:
     depth_scale: float = 200.0
     decoder_touch_hidden: int = 96
     precision: str = "float32"  # "bfloat16": conv and expert layers compute in bf16
-    # Encoder convolutions: "auto" = "matmul" on CPU, "xla" elsewhere; "matmul" = space-to-depth
-    # + one matmul per layer (same parameters and outputs, ~4x faster on XLA:CPU).
+    # Encoder convs and decoder transposed convs: "xla" (lax.conv*) or "matmul" (one matmul
+    # per layer; same parameters and outputs); "auto" is networks.resolve_conv_impl's choice
+    # (matmul on CPU and where a device runs several seeds of a sweep, else xla).
     conv_impl: str = "auto"
 
 
@@ -590,6 +591,9 @@ def _restrict_rep(config: Config, modalities) -> Config:
     return override(config, {"loss.representation": spec})
 
 
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
 def _check_choice(key, value, choices):
     if value not in choices:
         raise ValueError(f"unknown {key} {value!r}; valid choices: {', '.join(choices)}")
@@ -621,7 +625,7 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
     _check_choice("model.touch_scale", m.touch_scale, ("div200", "raw", "log1p"))
     _check_choice("model.g_activation", m.g_activation, ("relu", "none"))
     _check_choice("model.precision", m.precision, ("float32", "bfloat16"))
-    _check_choice("model.conv_impl", m.conv_impl, ("auto", "xla", "matmul"))
+    _check_choice("model.conv_impl", m.conv_impl, CONV_IMPLS)
     _check_choice("loss.nce_mask", loss.nce_mask, ("reference", "exact"))
     _check_choice("loss.nce_mean", loss.nce_mean, ("all_rows", "present_rows"))
     _check_choice("loss.kl_mode", loss.kl_mode, ("batch_mean", "per_step"))

@@ -231,20 +231,22 @@ def prefetch(sample, calls: int, depth: int, name: str = "prefetch"):
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item) -> bool:  # False once the consumer has stopped: never block on a full queue
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for _ in range(calls):
-                item = sample()
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(sample()):
                     return
         except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            q.put(e)
+            put(e)
 
     thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mummi_jax.config import CONV_IMPLS
+
 glorot = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
 
@@ -140,9 +142,6 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
     off = (k - 1) - _transpose_pad_before(k, padding)
     oh, ow = (2 * h + k - 2, 2 * w + k - 2) if padding == "VALID" else (2 * h, 2 * w)
     return y[:, off : off + oh, off : off + ow]
-
-
-CONV_IMPLS = ("auto", "xla", "matmul")
 
 
 def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:

@@ -31,7 +31,6 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import jax
 import numpy as np
@@ -86,6 +85,15 @@ def _timestep_record(ts, modalities, prev_action, first) -> dict:
     }
 
 
+def agent_config(config: Config, num_seeds: int, devices=None) -> Config:
+    """`config` with `model.conv_impl` resolved for a sweep of `num_seeds` seeds on `devices`
+    (`networks.resolve_conv_impl`: the matmul forms where a device runs several seeds)."""
+    per_device = seeds_per_device(num_seeds, devices)
+    return override(
+        config, {"model.conv_impl": resolve_conv_impl(config.model.conv_impl, per_device)}
+    )
+
+
 class SweepRunner:
     """Trains one configuration for every seed in `seeds`; see the module docstring.
 
@@ -128,9 +136,7 @@ class SweepRunner:
 
             # The agent alone sees the resolved conv form; config.json keeps `auto`, as a single
             # run's does (both forms have the same parameters and numbers).
-            per_device = seeds_per_device(len(self.seeds), devices)
-            impl = resolve_conv_impl(c0.model.conv_impl, per_device)
-            c_agent = replace(c0, model=replace(c0.model, conv_impl=impl))
+            c_agent = agent_config(c0, len(self.seeds), devices)
             probe = envs.make(**self.env_kwargs, seed=c0.seed)
             try:
                 agent = Agent(c_agent, probe.observation_spec(), probe.action_spec())

@@ -235,3 +235,31 @@ def test_a_run_with_two_envs_trains_and_logs_every_episode(tmp_path):
     assert [r["step"] for r in lines if "train/return" in r] == [100, 200, 300, 400]
     assert counters["episodes"] == 4 and counters["updates"] > 0
     assert len(os.listdir(tmp_path / "episodes")) == 4
+
+
+def test_prefetch_keeps_order_raises_in_the_consumer_and_never_hangs_on_an_early_stop():
+    import threading
+
+    draws = iter(range(100))
+    assert list(loop.prefetch(lambda: next(draws), 5, depth=2)) == [0, 1, 2, 3, 4]
+
+    def fails_after(n):
+        count = iter(range(1000))
+
+        def sample():
+            i = next(count)
+            if i >= n:
+                raise RuntimeError(f"replay broke after {n}")
+            return i
+
+        return sample
+
+    with pytest.raises(RuntimeError, match="broke after 3"):
+        list(loop.prefetch(fails_after(3), 10, depth=1))
+    # The consumer stops after one item while the worker, its queue full, then fails: closing
+    # the generator joins the worker, so it returns only if the error's put did not block.
+    before = threading.active_count()
+    gen = loop.prefetch(fails_after(2), 10, depth=1)
+    assert next(gen) == 0
+    gen.close()
+    assert threading.active_count() == before

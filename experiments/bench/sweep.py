@@ -4,7 +4,7 @@ For each S in `--seeds_list` (default 1, 2, 4, 8), `SeedParallel` vmaps the trai
 S seeds on the first device and times K-update calls on walker-shaped synthetic batches (the
 shapes of `--what=train_step`). Reports updates/s summed over seeds and the ratio to one
 seed, measured in the same process after each S's compiling call. Each S runs with the conv
-form a sweep would use (`networks.resolve_conv_impl`: with `model.conv_impl=auto`, `lax.conv`
+form a sweep would use (`sweep_loop.agent_config`: with `model.conv_impl=auto`, `lax.conv`
 for one seed on a GPU, the matmul form for several), so the ratio is what a user gets;
 `--set model.conv_impl=xla|matmul` pins one form for every S.
 """
@@ -12,7 +12,6 @@ for one seed on a GPU, the matmul form for several), so the ratio is what a user
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import jax
 import numpy as np
@@ -21,8 +20,8 @@ from dm_env import specs
 from experiments.bench.train_step import _batch, _spec
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
-from mummi_jax.networks import resolve_conv_impl
 from mummi_jax.parallel import SeedParallel
+from mummi_jax.sweep_loop import agent_config
 
 
 def run(flags):
@@ -31,20 +30,20 @@ def run(flags):
     action_spec = specs.BoundedArray((6,), np.float32, -1, 1)
     agents = {}  # conv form -> Agent, built once each
 
-    def agent_for(impl):
-        if impl not in agents:
-            c = replace(cfg, model=replace(cfg.model, conv_impl=impl))
-            agents[impl] = Agent(c, spec, action_spec)
-        return agents[impl]
+    def agent_for(num_seeds):
+        c = agent_config(cfg, num_seeds, jax.devices()[:1])
+        if c.model.conv_impl not in agents:
+            agents[c.model.conv_impl] = Agent(c, spec, action_spec)
+        return agents[c.model.conv_impl]
 
     K = flags.updates_per_call or cfg.train.updates_per_call
     B, T = cfg.train.batch, cfg.train.length
     repeats = flags.repeats or 5
-    one = _batch(agent_for(resolve_conv_impl(cfg.model.conv_impl)), spec, K, B, T)
+    one = _batch(agent_for(1), spec, K, B, T)
     base = None
     for n in [int(s) for s in flags.seeds_list]:
-        impl = resolve_conv_impl(cfg.model.conv_impl, seeds_per_device=n)  # one device
-        sweep = SeedParallel(agent_for(impl), n, devices=jax.devices()[:1])
+        agent = agent_for(n)
+        sweep = SeedParallel(agent, n, devices=jax.devices()[:1])
         state = sweep.init(list(range(n)))
         batches = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in one.items()}
         batches = sweep.shard(batches, "batches")  # placed once: time the updates alone
@@ -69,7 +68,7 @@ def run(flags):
             "ratio_to_one_seed": round(ups / base, 2),
             "compile_seconds": round(compile_s, 1),
             "traces": sweep.traces["train"],
-            "conv_impl": impl,
+            "conv_impl": agent.config.model.conv_impl,
             "device": str(jax.devices()[0].device_kind),
         }
         del state, batches
