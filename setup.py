@@ -5,7 +5,9 @@ from setuptools import find_packages, setup
 setup(
     name="mummi_jax",
     version="0.1.0",
-    description="Pure-functional JAX/Flax MuMMI: multi-modal state-space models robust to missing sensors",
+    description=(
+        "Pure-functional JAX/Flax MuMMI: multi-modal state-space models robust to missing sensors"
+    ),
     packages=find_packages(include=["mummi_jax", "mummi_jax.*", "experiments", "experiments.*"]),
     package_data={"experiments": ["*.json"]},
     python_requires=">=3.10",

@@ -133,7 +133,7 @@ def main(argv):
             return 2
         try:
             runner.train()
-        except (FloatingPointError, RuntimeError) as e:
+        except (FloatingPointError, MemoryError, RuntimeError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
     return 0

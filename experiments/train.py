@@ -71,7 +71,7 @@ def main(argv):
     runner = loop.Runner(config, agent, FLAGS.logdir, env_kwargs, progress=FLAGS.progress)
     try:
         runner.train()
-    except (FloatingPointError, RuntimeError) as e:
+    except (FloatingPointError, MemoryError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -29,6 +29,7 @@ from mummi_jax import behavior, losses, mpc, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
+from mummi_jax.device_memory import explain_out_of_memory
 from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
 
 Pytree = Any
@@ -193,7 +194,12 @@ class Agent:
     def train(self, state: TrainState, batches: dict) -> tuple[TrainState, dict]:
         """K updates in one jitted call; `batches` is a dict of `(K, B, T, ...)` arrays."""
         self.check_batch(batches, leading=3)
-        return self._train_jit(state, batches)
+        with explain_out_of_memory(
+            "one train call (train.updates_per_call updates of train.batch x train.length)",
+            "lower train.batch or train.length (--set train.batch=N), or compute the image "
+            "networks in bfloat16 (--set model.precision=bfloat16)",
+        ):
+            return self._train_jit(state, batches)
 
     def act(self, state: TrainState, carry: dict, obs: dict, key: jax.Array, training=True):
         """Actions `(n, A)` for `n` environments; `obs` holds `(n, ...)` arrays and

@@ -53,6 +53,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mummi_jax.device_memory import explain_out_of_memory
+
 SEED_AXIS = "seed"
 _REQUIRED = ("init", "initial_carry", "train_fn", "act_fn")
 
@@ -244,7 +246,16 @@ class SeedParallel:
         Returns:
           (stacked_state (P, ...), metrics: dict name -> (S,) array, replicated).
         """
-        return self._train(stacked_state, self.shard(stacked_batches, "batches"))
+        batches = self.shard(stacked_batches, "batches")
+        per_device = self.padded_seeds // len(self.devices)
+        with explain_out_of_memory(
+            f"the train step of {per_device} seed(s) per device",
+            "run fewer seeds per device (more devices, or split --seeds over several commands), "
+            "lower train.batch or train.length, or set model.precision=bfloat16; with several "
+            "seeds per device `model.conv_impl=auto` takes the matmul convolutions, whose "
+            "patches double the encoders' memory (--set model.conv_impl=xla keeps cuDNN's)",
+        ):
+            return self._train(stacked_state, batches)
 
     def act(
         self,

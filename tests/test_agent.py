@@ -152,6 +152,27 @@ def test_bad_batches_fail_before_compiling():
         agent.check_batch({k: v for k, v in batch.items() if k != "reward"}, leading=3)
 
 
+def test_device_out_of_memory_becomes_a_memory_error_that_names_the_fix():
+    cfg = C.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
+    spec = toy_spec()
+    agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
+    batch = fixed_batch(agent, spec, 1, 2, 3)
+
+    def fail(message):
+        def train(state, batches):
+            raise jax.errors.JaxRuntimeError(message)
+
+        return train
+
+    agent._train_jit = fail("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB.")
+    with pytest.raises(MemoryError, match=r"lower train.batch.*allocate 9.1GiB") as info:
+        agent.train(None, batch)
+    assert isinstance(info.value.__cause__, jax.errors.JaxRuntimeError)
+    agent._train_jit = fail("INTERNAL: something else")  # other XLA errors pass unchanged
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        agent.train(None, batch)
+
+
 def test_agent_rejects_a_spec_without_the_configured_modalities():
     cfg = C.make_config("mummi", "walker_walk", "tiny")
     spec = walker_spec()

@@ -287,6 +287,18 @@ def test_put_states_roundtrip_and_padding():
         sweep.shard({"x": np.zeros((3, 4))})
 
 
+def test_a_sweep_out_of_device_memory_says_how_many_seeds_per_device_and_what_to_change():
+    sweep = SeedParallel(LinearAgent(), 3, jax.devices()[:1])
+
+    def train(state, batches):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 70GiB")
+
+    sweep._train = train
+    batches = {"x": np.zeros((3, K, B, T, OBS), np.float32)}
+    with pytest.raises(MemoryError, match=r"3 seed\(s\) per device.*fewer seeds per device"):
+        sweep.train(None, batches)
+
+
 def test_stack_unstack():
     trees = [{"a": np.full((2,), i, np.float32), "k": seed_key(i)} for i in range(3)]
     stacked = stack(trees)

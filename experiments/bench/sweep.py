@@ -7,6 +7,10 @@ seed, measured in the same process after each S's compiling call. Each S runs wi
 form a sweep would use (`sweep_loop.agent_config`: with `model.conv_impl=auto`, `lax.conv`
 for one seed on a GPU, the matmul form for several), so the ratio is what a user gets;
 `--set model.conv_impl=xla|matmul` pins one form for every S.
+
+Each row also gives the program's memory from XLA's buffer assignment (`temp_gb`,
+`argument_gb`, `output_gb`) and, on a GPU, the allocator's peak so far (`device_peak_gb`).
+An S that does not fit gives a row with `error` and ends the list.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dm_env import specs
 from experiments.bench.train_step import _batch, _spec
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
+from mummi_jax.device_memory import compiled_gigabytes, device_peak_gigabytes, is_out_of_memory
 from mummi_jax.parallel import SeedParallel
 from mummi_jax.sweep_loop import agent_config
 
@@ -44,31 +49,42 @@ def run(flags):
     for n in [int(s) for s in flags.seeds_list]:
         agent = agent_for(n)
         sweep = SeedParallel(agent, n, devices=jax.devices()[:1])
-        state = sweep.init(list(range(n)))
-        batches = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in one.items()}
-        batches = sweep.shard(batches, "batches")  # placed once: time the updates alone
-        t0 = time.perf_counter()
-        state, metrics = sweep._train(state, batches)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            state, metrics = sweep._train(state, batches)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t)
-        ups = n * K / float(np.median(times))
-        base = base or ups / n
-        yield {
+        row = {
             "what": "sweep",
             "size": flags.size,
             "method": flags.method,
             "seeds": n,
+            "conv_impl": agent.config.model.conv_impl,
+            "device": str(jax.devices()[0].device_kind),
+        }
+        try:
+            state = sweep.init(list(range(n)))
+            batches = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in one.items()}
+            batches = sweep.shard(batches, "batches")  # placed once: time the updates alone
+            t0 = time.perf_counter()
+            # Compiled ahead of time so that XLA's buffer assignment can be reported.
+            step = sweep._train.lower(state, batches).compile()
+            compile_s = time.perf_counter() - t0
+            times = []
+            for _ in range(repeats + 1):  # the first call warms up
+                t = time.perf_counter()
+                state, metrics = step(state, batches)
+                jax.block_until_ready(metrics)
+                times.append(time.perf_counter() - t)
+        except jax.errors.JaxRuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            # Larger S need more: report this row and stop.
+            yield row | {"error": "out of memory: " + str(err).strip().splitlines()[0][:200]}
+            return
+        ups = n * K / float(np.median(times[1:]))
+        base = base or ups / n
+        yield row | {
             "updates_per_second_summed": round(ups, 2),
             "ratio_to_one_seed": round(ups / base, 2),
             "compile_seconds": round(compile_s, 1),
             "traces": sweep.traces["train"],
-            "conv_impl": agent.config.model.conv_impl,
-            "device": str(jax.devices()[0].device_kind),
+            **compiled_gigabytes(step),
+            "device_peak_gb": device_peak_gigabytes(),
         }
-        del state, batches
+        del state, batches, step
