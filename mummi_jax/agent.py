@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, losses, mpc, sac
+from mummi_jax import behavior, losses, mpc, optim, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
@@ -151,7 +151,7 @@ class Agent:
         o, b = self.config.optim, self.config.behavior
 
         def adam(lr):
-            return optax.chain(optax.clip_by_global_norm(o.clip), optax.adam(lr, eps=o.eps))
+            return optim.clipped_adam(lr, o.eps, o.clip, o.adam)
 
         opts = {"wm": self._wm_optimizer(adam)}
         if self._uses_imagination or b.planner != "none":
@@ -161,7 +161,7 @@ class Agent:
             opts["sac_critic"] = adam(o.sac_lr)
             if b.learner == "sac":
                 opts["sac_actor"] = adam(o.sac_lr)
-            opts["alpha"] = optax.adam(o.sac_lr, eps=o.eps)
+            opts["alpha"] = optim.adam(o.sac_lr, o.eps, o.adam)
         return opts
 
     def _wm_optimizer(self, adam):
@@ -178,8 +178,7 @@ class Agent:
             )
 
         return optax.chain(
-            optax.clip_by_global_norm(o.clip),
-            optax.adam(o.model_lr, eps=o.eps),
+            optim.clipped_adam(o.model_lr, o.eps, o.clip, o.adam),
             optax.multi_transform({"net": optax.identity(), "temp": optax.scale(scale)}, labels),
         )
 
@@ -264,8 +263,28 @@ class Agent:
         return out
 
     # ------------------------------------------------------------------ world model
-    def _world_model_loss(self, wm_params, batch, key):
-        """World-model loss for one batch `(B, T, ...)`; returns (loss, (post, aux))."""
+    def draw_noise(self, key: jax.Array, batch: int, length: int) -> dict:
+        """The standard-normal draws of one update's Gaussian samples, as data.
+
+        Returns `{"observe": (T, 2, B', S), "imagine_state": (H, N', S),
+        "imagine_action": (H, N, A)}` with N = B * T imagination starts, and B' = N' = 1
+        under `model.shared_noise` (the released code's batch-shared RSSM noise; the
+        actor's samples are per row either way). `update_with_noise` takes them, so a parity
+        check can give both implementations the same draws.
+        """
+        c, nets = self.config, self.nets
+        k_obs, k_state, k_action = jax.random.split(key, 3)
+        n, horizon = batch * length, c.behavior.horizon
+        return {
+            "observe": nets.state_noise(k_obs, (length, 2), batch),
+            "imagine_state": nets.state_noise(k_state, (horizon,), n),
+            "imagine_action": jax.random.normal(k_action, (horizon, n, self.action_dim)),
+        }
+
+    def _world_model_loss(self, wm_params, batch, noise, key):
+        """World-model loss for one batch `(B, T, ...)`; `noise["observe"]` feeds the
+        RSSM's samples. Returns `(loss, aux)`, aux holding `post`, `prior`, `experts`
+        (`{m: (mean, std)}`, PoE only), `fused` and `metrics`."""
         c = self.config
         nets = self.nets
         k_drop, k_obs, k_rep = jax.random.split(key, 3)
@@ -286,7 +305,7 @@ class Agent:
         fused, experts, k_obs = nets.fuse(wm_params, embeds, flags, k_obs)
         actions = batch["action"].astype(jnp.float32)
         is_first = batch["is_first"].astype(jnp.float32)
-        post, prior = nets.observe(wm_params, fused, actions, is_first, k_obs)
+        post, prior = nets.observe(wm_params, fused, actions, is_first, noise["observe"])
         feat = mssm.features(post)  # (B, T, F)
         metrics = {}
         kl_loss, kl_value = losses.kl_loss(
@@ -311,7 +330,8 @@ class Agent:
         metrics["wm/loss"] = total
         metrics["wm/prior_entropy"] = jnp.mean(dist.entropy(prior["std"]))
         metrics["wm/post_entropy"] = jnp.mean(dist.entropy(post["std"]))
-        return total, (post, metrics)
+        aux = {"post": post, "prior": prior, "experts": experts, "fused": fused}
+        return total, {**aux, "metrics": metrics}
 
     def _representation_loss(self, p, obs, flags, embeds, fused, experts, post, prior, feat, key):
         """Sum over modalities of lambda^m * L_rep^m (MuMMI eq. 17, and the baselines)."""
@@ -371,8 +391,21 @@ class Agent:
         raw = self.nets.actor.apply(actor_params, feat)
         return dist.actor_distribution(raw).sample(key)
 
+    def _actor_sample_from_noise(self, actor_params, feat, noise):
+        raw = self.nets.actor.apply(actor_params, feat)
+        return dist.actor_distribution(raw).sample_from_noise(noise)
+
     def _img_step(self, wm_params):
-        return lambda state, action, key: self.nets.img_step(wm_params, state, action, key)
+        """Prior step drawing its own noise from a key (acting, MPC)."""
+
+        def step(state, action, key):
+            noise = self.nets.state_noise(key, (), action.shape[0])
+            return self.nets.img_step(wm_params, state, action, noise)
+
+        return step
+
+    def _img_step_from_noise(self, wm_params):
+        return lambda state, action, noise: self.nets.img_step(wm_params, state, action, noise)
 
     def _reward_fn(self, wm_params):
         return lambda feat: self.nets.reward(wm_params, feat)
@@ -380,20 +413,24 @@ class Agent:
     def _value_fn(self, value_params, feat):
         return self.nets.value.apply(value_params, feat)[..., 0]
 
-    def _imagination_grads(self, params, post, key):
+    def _imagination_grads(self, params, post, noise, key):
+        """Actor and value gradients from imagined rollouts of every posterior state (MuMMI
+        app. A); `noise["imagine_action"]`, `noise["imagine_state"]` feed the actor's and
+        the dynamics' samples. Returns `(grads, metrics, aux)`, aux holding the imagined
+        `feats` `(H, N, F)` and the lambda-`returns` `(H - 1, N)`."""
         b = self.config.behavior
         wm = jax.lax.stop_gradient(params["wm"])
         starts = behavior.flatten_starts(jax.lax.stop_gradient(post))
+        inputs = (noise["imagine_action"], noise["imagine_state"])
 
         def loss(actor_params, value_params):
-            policy = functools.partial(self._actor_sample, actor_params)
-            k_img, k_ent = jax.random.split(key)
-            states, _ = behavior.imagine(self._img_step(wm), policy, starts, b.horizon, k_img)
+            policy = functools.partial(self._actor_sample_from_noise, actor_params)
+            states, _ = behavior.imagine(self._img_step_from_noise(wm), policy, starts, inputs)
             feats = behavior.features(states)  # (H, N, F)
             entropy = None
             if b.actor_entropy > 0:
                 raw = self.nets.actor.apply(actor_params, jax.lax.stop_gradient(feats))
-                entropy = dist.actor_distribution(raw).entropy(k_ent)
+                entropy = dist.actor_distribution(raw).entropy(key)
             a_loss, v_loss, metrics = behavior.actor_value_losses(
                 feats,
                 value_params,
@@ -406,11 +443,11 @@ class Agent:
                 entropy_coef=b.actor_entropy,
             )
             metrics = {**metrics, "actor/loss": a_loss, "value/loss": v_loss}
-            return a_loss + v_loss, metrics
+            return a_loss + v_loss, (metrics, feats)
 
         grad_fn = jax.grad(loss, argnums=(0, 1), has_aux=True)
-        (g_actor, g_value), metrics = grad_fn(params["actor"], params["value"])
-        return {"actor": g_actor, "value": g_value}, metrics
+        (g_actor, g_value), (metrics, feats) = grad_fn(params["actor"], params["value"])
+        return {"actor": g_actor, "value": g_value}, metrics, {"feats": feats}
 
     def _sac_grads(self, params, post, batch, key):
         """CVRL's hybrid term (actor = the imagination actor) or CoRAL's model-free SAC."""
@@ -465,51 +502,84 @@ class Agent:
         return grads, metrics
 
     # ------------------------------------------------------------------ the train step
-    def _make_train_fn(self):
+    def _gradients(self, params, batch, noise, key):
+        """Every network's gradient for one batch `(B, T, ...)`, from one parameter
+        snapshot (reference-code.md §5.3). Returns `(grads, metrics, aux)`: grads keyed by
+        optimiser name, aux the world model's and imagination's intermediate values (see
+        `_world_model_loss`, `_imagination_grads`), which the update discards."""
         b = self.config.behavior
+        k_wm, k_beh, k_sac = jax.random.split(key, 3)
+        (_, aux), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
+            params["wm"], batch, noise, k_wm
+        )
+        metrics = aux.pop("metrics")
+        post = aux["post"]
+        grads = {"wm": g_wm}
+        if self._uses_imagination:
+            g, m, imag = self._imagination_grads(params, post, noise, k_beh)
+            grads.update(g)
+            metrics.update(m)
+            aux["imagine"] = imag
+        if self._uses_sac:
+            g, m = self._sac_grads(params, post, batch, k_sac)
+            metrics.update(m)
+            grads["sac_critic"] = g["critic"]
+            grads["alpha"] = g["log_alpha"]
+            if b.learner == "sac":
+                grads["sac_actor"] = g["actor"]
+            else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
+                grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])
+        for name, g in grads.items():
+            metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
+        return grads, metrics, aux
 
-        def update(state: TrainState, batch):
-            key, k_wm, k_beh, k_sac = jax.random.split(state.key, 4)
-            params = state.params
-            (_, (post, metrics)), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
-                params["wm"], batch, k_wm
+    def inspect_update(
+        self, state: TrainState, batch: dict, noise: dict
+    ) -> tuple[dict, dict, dict]:
+        """`(grads, metrics, aux)` of the update `state` would make on one batch `(B, T, ...)`
+        with the given sampling `noise` (`draw_noise`'s layout); nothing is applied. For
+        parity checks and debugging: it runs the train step's own gradient code."""
+        if not hasattr(self, "_inspect_jit"):
+            self._inspect_jit = jax.jit(self._gradients)
+        self.check_batch(batch, leading=2)
+        _, _, key = jax.random.split(state.key, 3)
+        return self._inspect_jit(state.params, batch, noise, key)
+
+    def update_with_noise(self, state: TrainState, batch, noise, key) -> tuple[TrainState, dict]:
+        """One update on one batch `(B, T, ...)` with the given sampling `noise`
+        (`draw_noise`'s layout); `key` feeds the rest (modality drops, SAC). Pure; the
+        train step scans it, and a parity check calls it with shared noise."""
+        b = self.config.behavior
+        params = state.params
+        grads, metrics, _ = self._gradients(params, batch, noise, key)
+        new_params = dict(params)
+        new_opt = dict(state.opt_state)
+        for name, opt in self.optimizers.items():
+            if name not in grads:
+                continue
+            target = self._trainable(params, name)
+            updates, new_opt[name] = opt.update(grads[name], state.opt_state[name], target)
+            new_target = optax.apply_updates(target, updates)
+            new_params = self._set_trainable(new_params, name, new_target)
+        if "slow_value" in params:
+            new_params["slow_value"] = behavior.ema_update(
+                params["slow_value"], new_params["value"], b.slow_value_decay
             )
-            grads = {"wm": g_wm}
-            if self._uses_imagination:
-                g, m = self._imagination_grads(params, post, k_beh)
-                grads.update(g)
-                metrics.update(m)
-            if self._uses_sac:
-                g, m = self._sac_grads(params, post, batch, k_sac)
-                metrics.update(m)
-                grads["sac_critic"] = g["critic"]
-                grads["alpha"] = g["log_alpha"]
-                if b.learner == "sac":
-                    grads["sac_actor"] = g["actor"]
-                else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
-                    grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])
-            new_params = dict(params)
-            new_opt = dict(state.opt_state)
-            for name, opt in self.optimizers.items():
-                if name not in grads:
-                    continue
-                target = self._trainable(params, name)
-                updates, new_opt[name] = opt.update(grads[name], state.opt_state[name], target)
-                metrics[f"grad_norm/{name}"] = optax.tree.norm(grads[name])
-                new_target = optax.apply_updates(target, updates)
-                new_params = self._set_trainable(new_params, name, new_target)
-            if "slow_value" in params:
-                new_params["slow_value"] = behavior.ema_update(
-                    params["slow_value"], new_params["value"], b.slow_value_decay
-                )
-            if self._uses_sac:
-                sac_p = dict(new_params["sac"])
-                sac_p["target_critic"] = sac.polyak_update(
-                    params["sac"]["target_critic"], sac_p["critic"], b.sac_tau
-                )
-                new_params["sac"] = sac_p
-            new_state = TrainState(new_params, new_opt, key, state.step + 1)
-            return new_state, metrics
+        if self._uses_sac:
+            sac_p = dict(new_params["sac"])
+            sac_p["target_critic"] = sac.polyak_update(
+                params["sac"]["target_critic"], sac_p["critic"], b.sac_tau
+            )
+            new_params["sac"] = sac_p
+        return TrainState(new_params, new_opt, state.key, state.step + 1), metrics
+
+    def _make_train_fn(self):
+        def update(state: TrainState, batch):
+            key, k_noise, k_update = jax.random.split(state.key, 3)
+            batch_size, length = batch["reward"].shape
+            noise = self.draw_noise(k_noise, batch_size, length)
+            state, metrics = self.update_with_noise(state, batch, noise, k_update)
+            return state.replace(key=key), metrics
 
         def train_fn(state: TrainState, batches):
             state, metrics = jax.lax.scan(update, state, batches)
@@ -545,8 +615,10 @@ class Agent:
             x = self.preprocess(obs)
             flags = {m: x[f"{m}_flag"] for m in self.modalities}
             embeds = self.nets.encode(wm, x)
-            fused, _, _ = self.nets.fuse(wm, embeds, flags, k_obs)
-            post = self.nets.obs_step(wm, latent, prev_action, fused, k_obs)
+            k_fuse, k_post = jax.random.split(k_obs)
+            fused, _, _ = self.nets.fuse(wm, embeds, flags, k_fuse)
+            noise = self.nets.state_noise(k_post, (2,), prev_action.shape[0])
+            post = self.nets.obs_step(wm, latent, prev_action, fused, noise)
             feat = mssm.features(post)
             if b.learner == "sac":
                 det = jnp.concatenate([post["mean"], post["deter"]], axis=-1)

@@ -6,10 +6,14 @@ released code is audited in shared/notes/reference-code.md §5.1-5.3 and §10 it
 Everything here is generic over callables and pytrees, so the world model can be a fake in
 tests (Acme style) and the real RSSM cell in `agent.py`:
 
-- `step_fn(state, action, key) -> state`: one prior (imagination) step, e.g. the RSSM
+- `step_fn(state, action, x) -> state`: one prior (imagination) step, e.g. the RSSM
   cell's `img_step` with the world-model parameters closed over.
-- `policy_fn(feat, key) -> action`: a reparameterised actor sample, e.g.
-  `actor_distribution(actor.apply(p, feat)).sample(key)`.
+- `policy_fn(feat, x) -> action`: a reparameterised actor sample, e.g.
+  `actor_distribution(actor.apply(p, feat)).sample_from_noise(x)`.
+
+`x` is that step's random input, whatever the function consumes: a PRNG key
+(`step_keys(key, H)` makes them) or pre-drawn standard-normal noise (the agent's training
+rollouts, so that the noise is data a parity check can share with the reference code).
 - `feat_fn(state) -> feat`: defaults to `features` ([stoch, deter] for RSSM dicts).
 
 Time is the leading axis inside this module (`(H, N, ...)`, as `lax.scan` produces it);
@@ -20,7 +24,7 @@ and value parameters, with the world-model parameters closed over as constants:
 
     def loss(actor_params, value_params):
         policy = lambda f, k: actor_sample(actor_params, f, k)
-        states, _ = imagine(img_step_wm, policy, flatten_starts(post), H, key)
+        states, _ = imagine(img_step_wm, policy, flatten_starts(post), step_keys(key, H))
         feats = features(states)                                   # (H, N, F)
         a_loss, v_loss, metrics = actor_value_losses(feats, value_params, reward_fn, value_fn)
         return a_loss + v_loss, metrics
@@ -68,31 +72,36 @@ def flatten_starts(tree: Pytree, ndim: int = 2) -> Pytree:
     return jax.tree.map(lambda x: x.reshape((-1, *x.shape[ndim:])), tree)
 
 
+def step_keys(key: jax.Array, horizon: int) -> tuple[jax.Array, jax.Array]:
+    """Per-step PRNG keys for `imagine`: `(policy_keys (H,), step_keys (H,))`."""
+    pairs = jax.vmap(jax.random.split)(jax.random.split(key, horizon))  # (H, 2)
+    return pairs[:, 0], pairs[:, 1]
+
+
 def imagine(
     step_fn: StepFn,
     policy_fn: PolicyFn,
     start_state: Pytree,
-    horizon: int,
-    key: jax.Array,
+    inputs: tuple[Pytree, Pytree],
     *,
     feat_fn: Callable[[Pytree], jax.Array] = features,
     include_start: bool = False,
     stop_grad_start: bool = True,
 ) -> tuple[Pytree, jax.Array]:
-    """Rolls out `horizon` prior steps from every start state (CVRL app. A.1; ref. §5.1).
+    """Rolls out H prior steps from every start state (CVRL app. A.1; ref. §5.1).
 
-    For k = 0 .. horizon - 1: a_k = policy_fn(stop_grad(feat(s_k)), key_k) and
-    s_{k+1} = step_fn(s_k, a_k, key'_k). The policy input is stop-gradiented (Dreamer v1),
+    For k = 0 .. H - 1: a_k = policy_fn(stop_grad(feat(s_k)), p_k) and
+    s_{k+1} = step_fn(s_k, a_k, q_k). The policy input is stop-gradiented (Dreamer v1),
     so a_k depends on the actor parameters but not on the earlier actions; gradients from
     later rewards/values still flow back through the dynamics into every a_k (dynamic
     backprop).
 
     Args:
-      step_fn: `(state, action, key) -> state`, one imagination step.
-      policy_fn: `(feat (N, F), key) -> action (N, A)`, a reparameterised sample.
+      step_fn: `(state, action, q_k) -> state`, one imagination step.
+      policy_fn: `(feat (N, F), p_k) -> action (N, A)`, a reparameterised sample.
       start_state: pytree of `(N, ...)` leaves (use `flatten_starts` for `(B, T, ...)`).
-      horizon: H, the number of imagined steps (static).
-      key: PRNG key; split into one policy key and one step key per step.
+      inputs: `(p, q)`, the per-step random inputs of the policy and of the dynamics, pytrees
+        with leading axis H (keys from `step_keys`, or noise arrays); H is their length.
       feat_fn: `state -> feat`, the policy's input.
       include_start: prepend s_0 to the returned states (the reference excludes it).
       stop_grad_start: stop gradients at the start states, so no behaviour loss trains
@@ -106,13 +115,13 @@ def imagine(
     if stop_grad_start:
         start_state = jax.tree.map(lax.stop_gradient, start_state)
 
-    def body(state, step_key):
-        policy_key, dyn_key = jax.random.split(step_key)
-        action = policy_fn(lax.stop_gradient(feat_fn(state)), policy_key)
-        next_state = step_fn(state, action, dyn_key)
+    def body(state, x):
+        policy_x, step_x = x
+        action = policy_fn(lax.stop_gradient(feat_fn(state)), policy_x)
+        next_state = step_fn(state, action, step_x)
         return next_state, (next_state, action)
 
-    _, (states, actions) = lax.scan(body, start_state, jax.random.split(key, horizon))
+    _, (states, actions) = lax.scan(body, start_state, inputs)
     if include_start:
         states = jax.tree.map(
             lambda s0, s: jnp.concatenate([s0[None], s], axis=0), start_state, states
@@ -223,10 +232,12 @@ def actor_value_losses(
     # The returns reach the actor through feats only: the value parameters are constants here.
     values = value_fn(jax.tree.map(lax.stop_gradient, target_params), feats)  # (H, N)
     if discounts is None:
-        discounts = jnp.full(rewards.shape, gamma, rewards.dtype)
+        # One column, broadcast after the cumprod: XLA would otherwise constant-fold the
+        # cumprod of a full (H - 1, N) constant at every compile (1.4 s at N = 2500).
+        discounts = jnp.full(rewards.shape[:1] + (1,) * (rewards.ndim - 1), gamma, rewards.dtype)
+    weights = jnp.broadcast_to(discount_weights(discounts[:-1]), rewards[:-1].shape)  # (H-1, N)
     discounts = jnp.broadcast_to(discounts, rewards.shape)
     returns = lambda_return(rewards[:-1], values[:-1], discounts[:-1], values[-1], lam)
-    weights = discount_weights(discounts[:-1])  # (H - 1, N)
 
     objective = returns
     if entropy is not None and entropy_coef:

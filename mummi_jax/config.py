@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
+from mummi_jax.optim import ADAM_FORMS
 
 METHODS = ("mummi", "mummi_b", "mssm_e", "cvrl", "dreamer", "coral_v", "coral_p")
 FIDELITIES = ("reference", "paper")
@@ -83,6 +84,10 @@ class ModelConfig:
     value_layers: int = 3
     actor_layers: int = 4
     min_std: float = 0.1
+    # The released code's Gaussian sampler draws one noise vector per RSSM step and shares
+    # it across every row of the batch (observe scan and imagination; reference-parity.md);
+    # False draws independent noise per row (the paper's and CoRAL's reading).
+    shared_noise: bool = True
     g_activation: str = "relu"  # g(z) of eq. 16: the released code ends in a ReLU
     # CVRL score head: "reference" = two ELU layers per side, dot product (released code);
     # "paper" = one FC per side and a bilinear z^T W s (CVRL Sec. 3.1).
@@ -159,6 +164,9 @@ class OptimConfig:
     value_lr: float = 8e-5
     sac_lr: float = 8e-5
     eps: float = 1e-7  # Keras' Adam epsilon; optax defaults to 1e-8
+    # "keras": the released code's update, whose epsilon acts 1/sqrt(1 - b2^t) larger
+    # (mummi_jax/optim.py); "optax": optax.adam (epsilon on the bias-corrected moments).
+    adam: str = "keras"
     clip: float = 30.0  # MuMMI repo 30, CVRL repo 100
 
 
@@ -433,10 +441,12 @@ def _coral(c: Config, variant: str) -> Config:
             "loss.representation": f"image={variant},depth=recon,touch=recon,proprio=recon",
             "loss.weights": "image=1,depth=1,touch=1,proprio=1",
             "model.touch_scale": "log1p",
+            "model.shared_noise": False,  # CoRAL's PyTorch sampler: one draw per row
             "loss.kl_mode": "per_step",
             "loss.free_nats": 1.0,
             "optim.model_lr": 3e-4,
             "optim.eps": 1e-8,
+            "optim.adam": "optax",  # CoRAL's PyTorch Adam corrects the moments
             "optim.clip": 10.0,
             "behavior.planner": "none",
             "behavior.learner": "sac",
@@ -468,6 +478,7 @@ PRESETS = {
 def _paper_fidelity(c: Config) -> Config:
     """Options where the MuMMI paper's text differs from the released code."""
     over = {
+        "model.shared_noise": False,
         "env.missing": "paper",
         "env.missing_train": 0.375,
         "env.missing_test": (0.0, 0.375, 0.75),
@@ -626,6 +637,7 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
     _check_choice("model.g_activation", m.g_activation, ("relu", "none"))
     _check_choice("model.precision", m.precision, ("float32", "bfloat16"))
     _check_choice("model.conv_impl", m.conv_impl, CONV_IMPLS)
+    _check_choice("optim.adam", config.optim.adam, ADAM_FORMS)
     _check_choice("loss.nce_mask", loss.nce_mask, ("reference", "exact"))
     _check_choice("loss.nce_mean", loss.nce_mean, ("all_rows", "present_rows"))
     _check_choice("loss.kl_mode", loss.kl_mode, ("batch_mean", "per_step"))

@@ -106,6 +106,11 @@ class TanhNormal:
     def sample(self, key: jax.Array) -> jax.Array:
         return self._dist.sample(seed=key)
 
+    def sample_from_noise(self, noise: jax.Array) -> jax.Array:
+        """tanh(mean + std * noise) for given standard-normal `noise` `(..., A)`: `sample`
+        with the draw passed in (the same arithmetic as distrax's reparameterised sample)."""
+        return jnp.tanh(self.mean + noise * self.std)
+
     def sample_and_log_prob(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Reparameterised sample `(..., A)` and its log-prob `(...)`."""
         return self._dist.sample_and_log_prob(seed=key)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mummi_jax.behavior import PolicyFn, StepFn, features, imagine, lambda_return
+from mummi_jax.behavior import PolicyFn, StepFn, features, imagine, lambda_return, step_keys
 
 Pytree = Any
 HeadFn = Callable[[jax.Array], jax.Array]
@@ -101,8 +101,7 @@ def optimize_actions(
             step_fn,
             policy_fn,
             s1,
-            horizon - 1,
-            k2,
+            step_keys(k2, horizon - 1),
             feat_fn=feat_fn,
             include_start=True,
             stop_grad_start=False,

@@ -281,6 +281,11 @@ class RSSMCell(nn.Module):
     """p(s^c | h) and q(s^c | s^f, h) with the deterministic GRU path (MuMMI eq. 9, 11).
 
     State: dict of `mean`, `std`, `stoch` (..., S) and `deter` (..., D).
+
+    Samples are `mean + std * noise` with the standard-normal noise passed in, not drawn
+    here: the caller decides its shape (one row per batch element, or one row shared by the
+    whole batch as the released code's sampler does, `model.shared_noise`), and a parity
+    check can feed the noise another implementation used.
     """
 
     stoch: int = 30
@@ -300,24 +305,26 @@ class RSSMCell(nn.Module):
         mean, std = jnp.split(raw, 2, axis=-1)
         return mean, nn.softplus(std) + self.min_std
 
-    def img_step(self, prev, action, key):
+    def img_step(self, prev, action, noise):
+        """Prior step; `noise` broadcasts to `(..., S)`."""
         x = nn.elu(self.img1(jnp.concatenate([prev["stoch"], action], -1)))
         deter = self.gru(x, prev["deter"])
         mean, std = self._dist(self.img3(nn.elu(self.img2(deter))))
-        stoch = mean + std * jax.random.normal(key, mean.shape)
+        stoch = mean + std * noise
         return {"mean": mean, "std": std, "stoch": stoch, "deter": deter}
 
-    def obs_step(self, prev, action, fused, key):
-        k_prior, k_post = jax.random.split(key)
-        prior = self.img_step(prev, action, k_prior)
+    def obs_step(self, prev, action, fused, noise):
+        """Prior then posterior step; `noise` is `(2, ...)`: [0] for the prior sample, [1]
+        for the posterior's, each broadcasting to `(..., S)`."""
+        prior = self.img_step(prev, action, noise[0])
         x = nn.elu(self.obs1(jnp.concatenate([prior["deter"], fused], -1)))
         mean, std = self._dist(self.obs2(x))
-        stoch = mean + std * jax.random.normal(k_post, mean.shape)
+        stoch = mean + std * noise[1]
         post = {"mean": mean, "std": std, "stoch": stoch, "deter": prior["deter"]}
         return post, prior
 
-    def __call__(self, prev, action, fused, key):
-        return self.obs_step(prev, action, fused, key)
+    def __call__(self, prev, action, fused, noise):
+        return self.obs_step(prev, action, fused, noise)
 
 
 class DenseHead(nn.Module):

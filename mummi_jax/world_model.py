@@ -6,7 +6,8 @@ parameter counts are easy to report), used by `agent.py`:
 
 - `encode(p, obs)` -> per-modality embeddings (MuMMI app. B Fig. 8/9; ref. §2.1);
 - `fuse(p, embeds, flags, key)` -> s^f (PoE over experts q(s^f|x^m), eq. 11, or concat);
-- `observe(p, fused, actions, is_first, key)` -> posterior and prior states over (B, T);
+- `state_noise(key, lead, batch)` -> the standard-normal draws of the RSSM's samples;
+- `observe(p, fused, actions, is_first, noise)` -> posterior and prior states over (B, T);
 - `obs_step` / `img_step` for acting and imagination; `reward`, `g`, decoders, heads.
 
 Modules live in `networks.py`; the time loop in `mssm.py`.
@@ -36,33 +37,34 @@ def initial_state(batch: int, config: Config) -> dict:
     return {"mean": z(m.stoch), "std": z(m.stoch), "stoch": z(m.stoch), "deter": z(m.deter)}
 
 
-def observe(obs_step, fused, actions, is_first, key, config):
+def observe(obs_step, fused, actions, is_first, noise, config):
     """Filters a batch of sequences with `lax.scan` over time (MuMMI eq. 11).
 
     Args:
-      obs_step: `(prev_state, prev_action, fused, key) -> (post, prior)`.
+      obs_step: `(prev_state, prev_action, fused, noise) -> (post, prior)`.
       fused: `(B, T, F)` s^f; actions: `(B, T, A)`, the action that led to obs t;
       is_first: `(B, T)`: the state and previous action are zeroed there, as the
         reference does at every episode start (and every sequence starts from zeros).
+      noise: `(T, 2, B or 1, S)` standard-normal draws for the prior and posterior samples
+        of each step (`WorldModel.state_noise`).
     Returns:
       `(post, prior)`, dicts of `(B, T, ...)`.
     """
     batch = fused.shape[0]
     state0 = initial_state(batch, config)
     swap = lambda x: jnp.swapaxes(x, 0, 1)
-    keys = jax.random.split(key, fused.shape[1])
 
     def step(state, inputs):
-        f, a, first, k = inputs
+        f, a, first, eps = inputs
         keep = (1.0 - first)[:, None]
         state = jax.tree.map(lambda x: x * keep, state)
-        post, prior = obs_step(state, a * keep, f, k)
+        post, prior = obs_step(state, a * keep, f, eps)
         return post, (post, prior)
 
     # Every sequence starts from the zero state (state0), but keeps its stored action at
     # t=0, as the reference does; only a real episode start zeroes the action.
     first = is_first.astype(jnp.float32)
-    _, (post, prior) = jax.lax.scan(step, state0, (swap(fused), swap(actions), swap(first), keys))
+    _, (post, prior) = jax.lax.scan(step, state0, (swap(fused), swap(actions), swap(first), noise))
     return jax.tree.map(swap, post), jax.tree.map(swap, prior)
 
 
@@ -146,7 +148,7 @@ class WorldModel:
         action = jnp.zeros((1, self.action_dim))
         fused = jnp.zeros((1, fused_size))
         params["rssm"] = self.modules["rssm"].init(
-            next(keys), state, action, fused, jax.random.key(0), method="obs_step"
+            next(keys), state, action, fused, jnp.zeros((2, 1, m.stoch)), method="obs_step"
         )
         feat = jnp.zeros((1, self.feat_size))
         params["reward"] = self.modules["reward"].init(next(keys), feat)
@@ -194,25 +196,39 @@ class WorldModel:
             fused = sample(sub, mean, std)
         return fused, experts, key
 
-    def observe(self, p, fused, actions, is_first, key):
+    def state_noise(self, key: jax.Array, lead: tuple, batch: int) -> jax.Array:
+        """Standard-normal noise for RSSM samples, `(*lead, batch, S)`.
+
+        With `model.shared_noise` it is `(*lead, 1, S)`: the released code's sampler
+        (`_mnd_sample` in its tools) draws one vector per call and broadcasts it over the
+        batch, so every row of a batch gets the same noise at a given step, in the observe
+        scan and in imagination (reference-parity.md, "Shared noise").
+        """
+        rows = 1 if self.config.model.shared_noise else batch
+        return jax.random.normal(key, (*lead, rows, self.config.model.stoch))
+
+    def observe(self, p, fused, actions, is_first, noise):
+        """Posterior and prior over `(B, T)`; `noise` `(T, 2, B or 1, S)` (`state_noise`)."""
         cell = self.modules["rssm"]
         return observe(
             lambda *a: cell.apply(p["rssm"], *a, method="obs_step"),
             fused,
             actions,
             is_first,
-            key,
+            noise,
             self.config,
         )
 
-    def obs_step(self, p, state, prev_action, fused, key):
+    def obs_step(self, p, state, prev_action, fused, noise):
+        """One filter step; `noise` `(2, n or 1, S)`."""
         post, _ = self.modules["rssm"].apply(
-            p["rssm"], state, prev_action, fused, key, method="obs_step"
+            p["rssm"], state, prev_action, fused, noise, method="obs_step"
         )
         return post
 
-    def img_step(self, p, state, action, key):
-        return self.modules["rssm"].apply(p["rssm"], state, action, key, method="img_step")
+    def img_step(self, p, state, action, noise):
+        """One prior step; `noise` `(n or 1, S)`."""
+        return self.modules["rssm"].apply(p["rssm"], state, action, noise, method="img_step")
 
     def reward(self, p, feat):
         return self.modules["reward"].apply(p["reward"], feat)[..., 0]

@@ -92,9 +92,11 @@ def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     agent.check_batch(batches, leading=3)
     first = jax.tree.map(lambda x: x[0], one)
 
+    noise = agent.draw_noise(jax.random.key(8), *first["reward"].shape)
+
     @jax.jit
-    def wm_loss(wm_params):  # fixed key: the same sample noise and modality drops
-        return agent._world_model_loss(wm_params, first, jax.random.key(7))[0]
+    def wm_loss(wm_params):  # fixed key and noise: the same samples and modality drops
+        return agent._world_model_loss(wm_params, first, noise, jax.random.key(7))[0]
 
     losses = [float(wm_loss(state.params["wm"]))]
     for _ in range(100):  # 200 updates, one compile
@@ -195,7 +197,9 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
     chex.assert_trees_all_equal(s32.params, s16.params)  # same init, only compute differs
     batch = fixed_batch(a32, spec, 2, 4, 6)  # the preset test's shapes: its compile is reused
     one = jax.tree.map(lambda x: x[0], batch)
-    hlo = jax.jit(a16._world_model_loss).lower(s16.params["wm"], one, jax.random.key(1)).as_text()
+    noise = a16.draw_noise(jax.random.key(2), *one["reward"].shape)
+    hlo = jax.jit(a16._world_model_loss).lower(s16.params["wm"], one, noise, jax.random.key(1))
+    hlo = hlo.as_text()
     # The encoder's and decoder's conv matmuls (`model.conv_impl=auto` on CPU) run in bf16.
     image_dots = re.compile(r"dot_general .*: \(tensor<\d+x\d+x\d+x\d+x")  # (N, H, W, K) patches
     convs = [line for line in hlo.splitlines() if image_dots.search(line)]

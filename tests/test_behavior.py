@@ -67,14 +67,16 @@ def test_imagine_trajectory_and_shapes():
         del key
         return jnp.broadcast_to(c, feat.shape)
 
-    states, actions = behavior.imagine(_add_step, policy, start, 4, jax.random.PRNGKey(0))
+    states, actions = behavior.imagine(
+        _add_step, policy, start, behavior.step_keys(jax.random.PRNGKey(0), 4)
+    )
     assert states.shape == (4, 3, 2) and actions.shape == (4, 3, 2)
     expected = start[None] + (jnp.arange(1, 5)[:, None, None] * c)  # s_k = s_0 + k c
     np.testing.assert_allclose(states, expected)
     np.testing.assert_allclose(actions, jnp.broadcast_to(c, (4, 3, 2)))
 
     with_start, _ = behavior.imagine(
-        _add_step, policy, start, 4, jax.random.PRNGKey(0), include_start=True
+        _add_step, policy, start, behavior.step_keys(jax.random.PRNGKey(0), 4), include_start=True
     )
     assert with_start.shape == (5, 3, 2)
     np.testing.assert_allclose(with_start[0], start)
@@ -101,7 +103,9 @@ def test_imagine_pytree_state_and_flatten():
         assert feat.shape == (6, 9)  # [stoch, deter]
         return jax.random.normal(key, (6, 2))
 
-    states, actions = behavior.imagine(step, policy, flat, 3, jax.random.PRNGKey(1))
+    states, actions = behavior.imagine(
+        step, policy, flat, behavior.step_keys(jax.random.PRNGKey(1), 3)
+    )
     assert states["stoch"].shape == (3, 6, 4) and states["deter"].shape == (3, 6, 5)
     assert actions.shape == (3, 6, 2)
     np.testing.assert_allclose(states["deter"][-1], 3.0)
@@ -117,13 +121,21 @@ def test_imagine_stops_gradient_on_policy_inputs():
 
     def action_sum(s0, k):
         _, actions = behavior.imagine(
-            _add_step, policy, s0, 3, jax.random.PRNGKey(0), stop_grad_start=False
+            _add_step,
+            policy,
+            s0,
+            behavior.step_keys(jax.random.PRNGKey(0), 3),
+            stop_grad_start=False,
         )
         return jnp.sum(actions[k])
 
     def state_sum(s0):
         states, _ = behavior.imagine(
-            _add_step, policy, s0, 3, jax.random.PRNGKey(0), stop_grad_start=False
+            _add_step,
+            policy,
+            s0,
+            behavior.step_keys(jax.random.PRNGKey(0), 3),
+            stop_grad_start=False,
         )
         return jnp.sum(states[-1])
 
@@ -133,7 +145,9 @@ def test_imagine_stops_gradient_on_policy_inputs():
     np.testing.assert_allclose(jax.grad(state_sum)(start), 1.0)
     # The default stops gradients at the start states.
     g = jax.grad(
-        lambda s0: jnp.sum(behavior.imagine(_add_step, policy, s0, 3, jax.random.PRNGKey(0))[0])
+        lambda s0: jnp.sum(
+            behavior.imagine(_add_step, policy, s0, behavior.step_keys(jax.random.PRNGKey(0), 3))[0]
+        )
     )(start)
     np.testing.assert_allclose(g, 0.0)
 
@@ -166,7 +180,9 @@ def _setup():
         return feats @ params["w"]
 
     def losses(actor_params, value_params, **kw):
-        states, _ = behavior.imagine(step, make_policy(actor_params), start, H, jax.random.key(3))
+        states, _ = behavior.imagine(
+            step, make_policy(actor_params), start, behavior.step_keys(jax.random.key(3), H)
+        )
         return behavior.actor_value_losses(states, value_params, reward_fn, value_fn, **kw)
 
     return actor, value, losses
@@ -284,7 +300,9 @@ def test_tanh_normal_actor_with_flax_head():
         def policy(feat, key):
             return actor_distribution(head.apply(p, feat)).sample(key)
 
-        states, actions = behavior.imagine(step, policy, start, H, jax.random.PRNGKey(2))
+        states, actions = behavior.imagine(
+            step, policy, start, behavior.step_keys(jax.random.PRNGKey(2), H)
+        )
         entropy = actor_distribution(head.apply(p, jax.lax.stop_gradient(states))).entropy(
             jax.random.PRNGKey(3)
         )  # (H, N)

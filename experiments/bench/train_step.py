@@ -97,13 +97,14 @@ def _components(agent, params, batch, repeats):
         return jnp.sum(jnp.square(fused))
 
     fused, _, _ = jax.jit(lambda p, e: nets.fuse(p, e, flags, key))(wm, embeds)
+    noise = agent.draw_noise(key, *batch["reward"].shape)
 
     def observe_loss(p, fused):
-        post, prior = nets.observe(p, fused, batch["action"], batch["is_first"], key)
+        post, prior = nets.observe(p, fused, batch["action"], batch["is_first"], noise["observe"])
         return jnp.sum(jnp.square(post["stoch"])) + jnp.sum(jnp.square(prior["mean"]))
 
-    wm_loss = lambda p, b, k: agent._world_model_loss(p, b, k)
-    _, (post, _) = jax.jit(wm_loss)(wm, batch, key)
+    wm_loss = lambda p, b, k: agent._world_model_loss(p, b, noise, k)
+    post = jax.jit(wm_loss)(wm, batch, key)[1]["post"]
     image_obs = {m: obs[m] for m in images}
     parts = {
         "encoders": (jax.grad(encode_loss), wm, image_obs),
@@ -112,7 +113,7 @@ def _components(agent, params, batch, repeats):
         "world_model_grad": (jax.grad(lambda p, b, k: wm_loss(p, b, k)[0]), wm, batch, key),
     }
     if agent._uses_imagination:
-        parts["imagination_grads"] = (agent._imagination_grads, params, post, key)
+        parts["imagination_grads"] = (agent._imagination_grads, params, post, noise, key)
     for name, (fn, *args) in parts.items():
         yield name, _timed(jax.jit(fn), *args, repeats=repeats)
 
