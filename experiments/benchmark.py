@@ -38,11 +38,47 @@ def define_flags():
     flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
 
 
+# Benchmarks that build a model from --method/--size/--set (the others time environments).
+MODEL_WHATS = ("train_step", "acting", "loop", "sweep")
+
+
+def check_flags(flag_values) -> None:
+    """Every flag checked before any benchmark starts: a one-line ValueError naming it."""
+    from mummi_jax import config as C
+    from mummi_jax.envs import task_info
+
+    for task in flag_values.tasks:
+        task_info(task)
+    for name in ("repeats", "updates_per_call"):
+        if getattr(flag_values, name) < 0:
+            raise ValueError(f"--{name}={getattr(flag_values, name)} must be >= 0 (0: default)")
+    try:
+        counts = [int(s) for s in flag_values.seeds_list]
+    except ValueError:
+        raise ValueError(f"--seeds_list={flag_values.seeds_list}: give integers") from None
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--seeds_list={flag_values.seeds_list}: each count must be >= 1")
+    if flag_values.what in MODEL_WHATS:
+        for task in tuple(flag_values.tasks) or ("walker_walk",):
+            C.make_config(flag_values.method, task, flag_values.size, overrides=flag_values.set)
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    try:
+        check_flags(FLAGS)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     module = importlib.import_module(f"experiments.bench.{FLAGS.what}")
-    for record in module.run(FLAGS):
-        print(json.dumps(record), flush=True)
+    try:
+        for record in module.run(FLAGS):
+            print(json.dumps(record), flush=True)
+    except (FloatingPointError, MemoryError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -44,9 +44,12 @@ def main(argv):
     del argv
     try:
         evaluate_logdir(FLAGS.logdir, FLAGS.episodes, FLAGS.videos)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no run there, or a bad config.json
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # a checkpoint that cannot be read
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -54,10 +57,10 @@ def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict
     """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results.
 
     With `videos`, the first episode of each level goes to `<logdir>/videos/<level>.gif`."""
+    from mummi_jax import checkpoint, video
     from mummi_jax import config as C
-    from mummi_jax import envs, loop
-    from mummi_jax.agent import Agent
-    from mummi_jax.parallel import seed_key
+    from mummi_jax.envs import task_modalities
+    from mummi_jax.runner import Runner
 
     path = os.path.join(logdir or "", "config.json")
     if not logdir or not os.path.exists(path):
@@ -65,47 +68,48 @@ def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict
             f"{path} not found; pass --logdir of a run started by experiments.train"
         )
     with open(path) as f:
-        config = C.from_dict(json.load(f))
-    env_kwargs = loop.env_kwargs_from_config(config)
-    probe = envs.make(**env_kwargs, seed=config.seed)
-    agent = Agent(config, probe.observation_spec(), probe.action_spec())
-    probe.close()
-    runner = loop.Runner(config, agent, logdir, env_kwargs, progress=False)
-    state, counters = runner.restore(agent.init(seed_key(config.seed)))
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {runner.ckpt_dir}; train first")
+        try:
+            config = C.from_dict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
+    C.validate(config, task_modalities(config.env.task, config.env.modalities))
+    if episodes < 0:
+        raise ValueError(f"--episodes={episodes} must be >= 0 (0: train.test_episodes)")
+    runner = Runner(config, logdir, progress=False)
+    state, metas = runner.restore()
+    if metas[0] is None:
+        raise FileNotFoundError(f"no checkpoint in {runner.runs[0].ckpt_dir}; train first")
     episodes = episodes or config.train.test_episodes
     name, levels = protocol(config)
     results = {
         "method": config.method,
         "task": config.env.task,
         "seed": config.seed,
-        "env_steps": counters["env_steps"],
+        "env_steps": metas[0]["counters"]["env_steps"],
         "fidelity": config.fidelity,
         "missing_process": config.env.missing,
         "protocol": name,
         "evaluations": {},
     }
+    modalities = runner.agent.modalities
     for level, rate, drop in levels:
-        runner.evaluate(state, episodes=episodes, rate=rate, drop=drop)
-        returns = runner.last_eval["returns"]
-        fractions = runner.last_eval["missing"]
+        run = runner.evaluate(state, episodes=episodes, rate=rate, drop=drop)[0]
         results["evaluations"][level] = {
-            "modalities": [m for m in agent.modalities if m not in drop],
+            "modalities": [m for m in modalities if m not in drop],
             "missing_rate": rate,
-            "returns": returns,
-            "mean": float(np.mean(returns)),
-            "std": float(np.std(returns)),
-            "actual_missing": {
-                m: float(np.mean([f[m] for f in fractions])) for m in agent.modalities
-            },
+            "returns": run.returns,
+            "mean": run.mean,
+            "std": float(np.std(run.returns)),
+            "actual_missing": {m: float(np.mean([f[m] for f in run.missing])) for m in modalities},
         }
         if videos:
-            path = runner.write_video(f"{name}-{level}")
+            path = video.write_episode(logdir, f"{name}-{level}", run.first_episode, modalities)
             if path:
                 results["evaluations"][level]["video"] = os.path.relpath(path, logdir)
-        print(f"{level:>12}: {np.mean(returns):8.1f} +- {np.std(returns):6.1f}")
-    loop.atomic_write(os.path.join(logdir, "results.json"), json.dumps(results, indent=2).encode())
+        print(f"{level:>12}: {run.mean:8.1f} +- {np.std(run.returns):6.1f}")
+    checkpoint.atomic_write(
+        os.path.join(logdir, "results.json"), json.dumps(results, indent=2).encode()
+    )
     return results
 
 

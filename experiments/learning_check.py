@@ -24,7 +24,6 @@ import numpy as np
 from absl import app, flags
 
 from mummi_jax import config as C
-from mummi_jax.config import check_logdir
 
 FLAGS = flags.FLAGS
 
@@ -53,40 +52,33 @@ def random_policy(action_dim):
 
 def check(config, logdir, episodes, margin, progress=False) -> dict:
     """Trains (or resumes) `config` in `logdir`, then scores agent and random policy."""
-    from mummi_jax import envs, loop
-    from mummi_jax.agent import Agent
+    from mummi_jax.checkpoint import atomic_write
+    from mummi_jax.runner import Runner
 
-    check_logdir(logdir, config)
-    os.makedirs(logdir, exist_ok=True)
-    loop.atomic_write(os.path.join(logdir, "config.json"), config.to_json().encode())
-    kwargs = loop.env_kwargs_from_config(config)
-    probe = envs.make(**kwargs, seed=config.seed)
-    agent = Agent(config, probe.observation_spec(), probe.action_spec())
-    probe.close()
-    runner = loop.Runner(config, agent, logdir, kwargs, progress=progress)
+    runner = Runner(config, logdir, progress=progress)
     state, counters = runner.train()
-    runner.evaluate(state, episodes=episodes, split="test", rate=0.0)
-    trained = runner.last_eval["returns"]
-    runner.evaluate(
-        state, episodes=episodes, split="test", rate=0.0, policy=random_policy(agent.action_dim)
-    )
-    rand = runner.last_eval["returns"]
+    trained = runner.evaluate(state, episodes=episodes, split="test", rate=0.0)[0].returns
+    rand = runner.evaluate(
+        state,
+        episodes=episodes,
+        split="test",
+        rate=0.0,
+        policy=random_policy(runner.agent.action_dim),
+    )[0].returns
     a, r = float(np.mean(trained)), float(np.mean(rand))
     result = {
         "method": config.method,
         "task": config.env.task,
         "size": config.size,
         "seed": config.seed,
-        "env_steps": counters["env_steps"],
-        "updates": counters["updates"],
+        "env_steps": counters[0]["env_steps"],
+        "updates": counters[0]["updates"],
         "agent": {"mean": a, "std": float(np.std(trained)), "returns": trained},
         "random": {"mean": r, "std": float(np.std(rand)), "returns": rand},
         "margin_required": margin,
         "passed": bool(a >= r + margin and a >= 2 * r),
     }
-    loop.atomic_write(
-        os.path.join(logdir, "learning_check.json"), json.dumps(result, indent=2).encode()
-    )
+    atomic_write(os.path.join(logdir, "learning_check.json"), json.dumps(result, indent=2).encode())
     return result
 
 
@@ -99,11 +91,17 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if FLAGS.episodes < 1:
+        print(f"error: --episodes={FLAGS.episodes} must be >= 1", file=sys.stderr)
+        return 2
     try:
         result = check(config, FLAGS.logdir, FLAGS.episodes, FLAGS.margin, FLAGS.progress)
-    except ValueError as e:
+    except ValueError as e:  # a logdir holding another config, bad environment options
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, MemoryError, RuntimeError) as e:  # e.g. a corrupt checkpoint
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     a, r = result["agent"], result["random"]
     print(
         f"{result['method']} on {result['task']} after {result['env_steps']} env steps: "

@@ -3,7 +3,7 @@
 
 - `--method` and `--task` take comma lists (`--method=mummi,cvrl --task=walker_walk,cup_catch`);
   every (method, task) pair runs its seeds together, pairs one after the other
-  (`mummi_jax/sweep_loop.py`: train and acting steps vmapped over seeds, the seed axis sharded
+  (`mummi_jax/runner.py`: train and acting steps vmapped over seeds, the seed axis sharded
   over this process's devices, one environment per seed on the host).
 - `--seeds`: a range `0-7`, a list `0,3,5`, or both `0-3,8`; distinct, >= 0.
 - Layout: with one pair, seed N writes `DIR/seed<N>/`; with several,
@@ -118,7 +118,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Heavy imports after validation: a bad flag answers at once.
-    from mummi_jax.sweep_loop import SweepRunner
+    from mummi_jax.runner import Runner
 
     mine = distributed.local_seeds(seeds)
     if not mine:
@@ -127,7 +127,7 @@ def main(argv):
     for m, t, config, d in pairs:
         print(f"{m} on {t}: seeds {mine} -> {d}", flush=True)
         try:
-            runner = SweepRunner(config, mine, d, progress=FLAGS.progress)
+            runner = Runner(config, d, mine, progress=FLAGS.progress)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

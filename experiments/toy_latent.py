@@ -193,14 +193,14 @@ def analyse(experts: dict, positions, n_train: int, poe_form: str) -> dict:
 # ----------------------------------------------------------------------------- data
 def collect(env, modalities, seeds, seed, extra=()):
     """Episodes of a uniform random policy, one per episode seed, as replay dicts."""
-    from mummi_jax import loop
+    from mummi_jax.episodes import run_episode
 
     episodes = []
     dim = env.action_spec().shape[0]
     for seed_i in seeds:
         rng = np.random.default_rng([seed, int(seed_i), 1])
         policy = lambda obs, first, rng=rng: rng.uniform(-1, 1, dim).astype(np.float32)
-        episode, _ = loop.run_episode(env, policy, modalities, int(seed_i), extra=extra)
+        episode, _ = run_episode(env, policy, modalities, int(seed_i), extra=extra)
         episodes.append(episode)
     return episodes
 
@@ -228,11 +228,11 @@ def train_world_model(agent, episodes, steps, seed, bar=None):
     train step on replay batches of `episodes`. Returns (state, last call's metrics)."""
     import jax
 
-    from mummi_jax import loop
     from mummi_jax.parallel import seed_key
+    from mummi_jax.replay import Replay
 
     t = agent.config.train
-    replay = loop.Replay(None, 10**9, seed, agent.config.env.action_repeat)
+    replay = Replay(None, 10**9, seed, agent.config.env.action_repeat)
     for i, episode in enumerate(episodes):
         replay.add(episode, i)
     state = agent.init(seed_key(seed))
@@ -274,9 +274,11 @@ def run(
 ):
     """Trains both methods on every task in `tasks`, writes every output (module
     docstring). Returns the summary dict (also `out/summary.json`)."""
-    from mummi_jax import envs, loop
+    from mummi_jax import envs
     from mummi_jax.agent import Agent
+    from mummi_jax.checkpoint import atomic_write
     from mummi_jax.envs.tasks import task_modalities
+    from mummi_jax.episodes import env_kwargs_from_config
     from mummi_jax.parallel import seed_key
 
     start = time.time()
@@ -307,7 +309,7 @@ def run(
     }
     for task in tasks:
         configs = {m: make_config(m, task, seed, recon_drop, overrides) for m in METHODS}
-        env = envs.make(**loop.env_kwargs_from_config(configs["mummi"]), seed=seed)
+        env = envs.make(**env_kwargs_from_config(configs["mummi"]), seed=seed)
         modalities = task_modalities(task)
         train_eps = collect(env, modalities, range(episodes), seed)
         # Analysis episodes: seeds disjoint from the training episodes'.
@@ -343,11 +345,11 @@ def run(
                 arrays[f"{method}/{m}/mean"], arrays[f"{method}/{m}/std"] = mu, sd
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
-        loop.atomic_write(os.path.join(folder, "latents.npz"), buf.getvalue())
-        loop.atomic_write(os.path.join(folder, "latent.png"), png)
+        atomic_write(os.path.join(folder, "latents.npz"), buf.getvalue())
+        atomic_write(os.path.join(folder, "latent.png"), png)
         if task == (PRIMARY if PRIMARY in tasks else tasks[0]):
             _write_json(os.path.join(out, "metrics.json"), results)
-            loop.atomic_write(os.path.join(out, "latent.png"), png)
+            atomic_write(os.path.join(out, "latent.png"), png)
     if bar is not None:
         bar.close()
     summary["wall_s"]["total"] = round(time.time() - start, 1)
@@ -356,7 +358,7 @@ def run(
 
 
 def _write_json(path, data):
-    from mummi_jax.loop import atomic_write
+    from mummi_jax.checkpoint import atomic_write
 
     atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 

@@ -7,7 +7,6 @@ saved as `<logdir>/config.json`.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
@@ -54,21 +53,13 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Heavy imports after validation: a bad flag answers at once.
-    from mummi_jax import envs, loop
-    from mummi_jax.agent import Agent
+    from mummi_jax.runner import Runner
 
-    os.makedirs(FLAGS.logdir, exist_ok=True)
-    loop.atomic_write(os.path.join(FLAGS.logdir, "config.json"), config.to_json().encode())
-    env_kwargs = loop.env_kwargs_from_config(config)
-    probe = envs.make(**env_kwargs, seed=config.seed)
     try:
-        agent = Agent(config, probe.observation_spec(), probe.action_spec())
-    except ValueError as e:
+        runner = Runner(config, FLAGS.logdir, progress=FLAGS.progress)
+    except ValueError as e:  # environment options the config check cannot see
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        probe.close()
-    runner = loop.Runner(config, agent, FLAGS.logdir, env_kwargs, progress=FLAGS.progress)
     try:
         runner.train()
     except (FloatingPointError, MemoryError, RuntimeError) as e:

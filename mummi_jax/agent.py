@@ -30,7 +30,7 @@ from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
 from mummi_jax.device_memory import explain_out_of_memory
-from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
+from mummi_jax.envs.tasks import task_modalities
 
 Pytree = Any
 
@@ -278,7 +278,9 @@ class Agent:
         return {
             "observe": nets.state_noise(k_obs, (length, 2), batch),
             "imagine_state": nets.state_noise(k_state, (horizon,), n),
-            "imagine_action": jax.random.normal(k_action, (horizon, n, self.action_dim)),
+            "imagine_action": jax.random.normal(
+                k_action, (horizon, n, self.action_dim), jnp.float32
+            ),
         }
 
     def _world_model_loss(self, wm_params, batch, noise, key):
@@ -687,7 +689,3 @@ class Agent:
     def param_counts(self, state: TrainState) -> dict[str, int]:
         count = lambda t: int(sum(np.prod(x.shape) for x in jax.tree.leaves(t)))
         return {k: count(v) for k, v in state.params.items()}
-
-
-def image_modalities(modalities):
-    return [m for m in modalities if m in IMAGE_MODALITIES]

@@ -191,7 +191,6 @@ def actor_value_losses(
     lam: float = 0.95,
     discounts: jax.Array | None = None,
     slow_value_params: Pytree | None = None,
-    slow_reg: float = 0.0,
     entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
@@ -202,7 +201,6 @@ def actor_value_losses(
 
       actor loss = -mean_{k,n} w_k (R_k + entropy_coef * entropy_k)
       value loss = mean_{k,n} w_k * 0.5 (v(sg(s_k)) - sg(R_k))^2
-                   [+ slow_reg * mean w_k * 0.5 (v(sg(s_k)) - v_slow(sg(s_k)))^2]
 
     The value loss has the same gradients as the reference's -log N(sg(R); v, 1).
 
@@ -219,7 +217,6 @@ def actor_value_losses(
       slow_value_params: EMA value parameters (option `behavior.slow_value`); when given,
         the returns use v_slow instead of the online v (a slow target, Dreamer v2 style;
         update it with `ema_update`). The reference has none.
-      slow_reg: CoRAL's regulariser weight towards v_slow (coral.md §4.2); 0 disables it.
       entropy: optional `(H - 1, N)` (or `(H, N)`, last dropped) actor entropies at
         s_1 .. s_{H-1}, differentiable w.r.t. the actor (computed at stop-gradient feats).
       entropy_coef: the actor entropy bonus (option `behavior.actor_entropy`; reference 0).
@@ -249,11 +246,6 @@ def actor_value_losses(
     value_pred = value_fn(value_params, sg_feats)[:-1]  # (H - 1, N)
     target = lax.stop_gradient(returns)
     value_loss = jnp.mean(weights * 0.5 * jnp.square(value_pred - target))
-    if slow_value_params is not None and slow_reg:
-        slow_pred = lax.stop_gradient(value_fn(slow_value_params, sg_feats)[:-1])
-        value_loss = value_loss + slow_reg * jnp.mean(
-            weights * 0.5 * jnp.square(value_pred - slow_pred)
-        )
 
     metrics = {
         "actor/loss": actor_loss,

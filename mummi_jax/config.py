@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_modalities
+from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_info, task_modalities
 from mummi_jax.optim import ADAM_FORMS
 
 METHODS = ("mummi", "mummi_b", "mssm_e", "cvrl", "dreamer", "coral_v", "coral_p")
@@ -47,8 +47,12 @@ class EnvConfig:
     action_repeat: int = 2
     time_limit: int = 1000  # env steps; 500 agent steps with action repeat 2
     background: str = "default"  # "default" (offline bank) | "none" | a folder of videos/images
-    composite: str = "segmentation"  # "segmentation" (exact) | "red_threshold" (released code)
-    touch_site: str = "sole"  # walker: "sole" (MuMMI-like) | "foot"; cup: "bottom" | "interior"
+    # "red_threshold": the released code's key, red > 100 is foreground (0.2-1.1 % of the
+    # pixels differ from "segmentation", the exact mask from a segmentation render).
+    composite: str = "red_threshold"
+    # Empty: the task's default site; walker "sole" (MuMMI-like) | "foot", cup "bottom" |
+    # "interior" (envs/tasks.py lists each task's sites).
+    touch_site: str = ""
     fast_render: bool = True  # render settings that change the picture by < 0.5/255
     # Missing data: "reference" = Bernoulli segment starts with probability p, length U{1..14};
     # "paper" = segments constrained to an exact missing fraction.
@@ -57,7 +61,6 @@ class EnvConfig:
     missing_test: tuple[float, ...] = (0.0, 0.05, 0.10)  # paper: (0.0, 0.375, 0.75)
     missing_eval: float = 0.05  # periodic evaluation during training (released code: p = 0.05)
     max_missing_len: int = 14
-    envs: int = 1  # worker processes for collection
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class ModelConfig:
     decoder_touch_hidden: int = 96
     precision: str = "float32"  # "bfloat16": conv and expert layers compute in bf16
     # Encoder convs and decoder transposed convs: "xla" (lax.conv*) or "matmul" (one matmul
-    # per layer; same parameters and outputs); "auto" is networks.resolve_conv_impl's choice
+    # per layer; same parameters and outputs); "auto" is resolve_conv_impl's choice
     # (matmul on CPU and where a device runs several seeds of a sweep, else xla).
     conv_impl: str = "auto"
 
@@ -184,7 +187,6 @@ class TrainConfig:
     eval_every: int = 10_000  # env steps
     eval_episodes: int = 1
     test_episodes: int = 10
-    log_every: int = 1000
     checkpoints_kept: int = 3
     replay_capacity: int = 2_000_000  # env steps kept in memory
     prefetch: int = 2  # batches sampled ahead on a thread (0: sample inline)
@@ -305,14 +307,6 @@ def _type_name(typ):
 
 SECTIONS = ("env", "model", "loss", "behavior", "optim", "train")
 TOP_LEVEL = ("method", "fidelity", "size", "seed")
-
-
-def all_keys(config: Config | None = None) -> list[str]:
-    config = config or Config()
-    keys = list(TOP_LEVEL)
-    for name in SECTIONS:
-        keys += [f"{name}.{f.name}" for f in fields(getattr(config, name))]
-    return keys
 
 
 def override(config: Config, overrides: dict[str, Any] | typing.Iterable[str]) -> Config:
@@ -479,6 +473,8 @@ def _paper_fidelity(c: Config) -> Config:
     """Options where the MuMMI paper's text differs from the released code."""
     over = {
         "model.shared_noise": False,
+        "optim.adam": "optax",  # Adam as Kingma & Ba write it: epsilon on the corrected moment
+        "env.composite": "segmentation",
         "env.missing": "paper",
         "env.missing_train": 0.375,
         "env.missing_test": (0.0, 0.375, 0.75),
@@ -532,7 +528,6 @@ def _tiny(c: Config) -> Config:
             "train.train_steps": 100,
             "train.updates_per_call": 5,
             "train.eval_every": 2000,
-            "train.log_every": 400,
             "train.replay_capacity": 100_000,
         },
     )
@@ -605,6 +600,30 @@ def _restrict_rep(config: Config, modalities) -> Config:
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 
+def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
+    """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`) or ``"matmul"``
+    (`networks.conv_stride2_matmul`, `networks.conv_transpose_stride2_matmul`), for encoders
+    and decoders alike; `networks` takes only the resolved form.
+
+    ``auto`` picks the matmul form on a CPU, where XLA:CPU's convolution inside the scanned
+    update is 25x slower, and wherever one device runs several seeds of a sweep
+    (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
+    XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
+    the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
+    after another (BENCHMARKS.md, "Seed sweeps"), while the matmul form becomes a batched matmul.
+    Elsewhere (one seed on a GPU) cuDNN's convolution is the fast path. `backend` defaults to
+    `jax.default_backend()`.
+    """
+    _check_choice("model.conv_impl", impl, CONV_IMPLS)
+    if impl != "auto":
+        return impl
+    if backend is None:
+        import jax  # only here: the config module otherwise imports no JAX
+
+        backend = jax.default_backend()
+    return "matmul" if backend == "cpu" or seeds_per_device > 1 else "xla"
+
+
 def _check_choice(key, value, choices):
     if value not in choices:
         raise ValueError(f"unknown {key} {value!r}; valid choices: {', '.join(choices)}")
@@ -619,6 +638,92 @@ def min_image_size(cnn_layers: int) -> int:
     return size
 
 
+# Integer options that count something: (key, smallest valid value). Checked before anything
+# is built, so that e.g. train.batch=-3 fails at once rather than after the prefill.
+_MODEL_SIZES = """cnn_depth cnn_layers touch_hidden touch_layers proprio_hidden proprio_layers embed
+    expert_hidden fused deter stoch hidden units reward_layers value_layers actor_layers
+    cvrl_obs_hidden cvrl_state_hidden coral_proj coral_state_hidden decoder_touch_hidden"""
+_AT_LEAST = (
+    ("env.image_size", 1),
+    ("env.action_repeat", 1),
+    ("env.time_limit", 1),
+    ("env.max_missing_len", 1),
+    *((f"model.{k}", 1) for k in _MODEL_SIZES.split()),
+    ("behavior.horizon", 2),  # lambda-returns bootstrap from the last of >= 2 imagined states
+    ("behavior.mpc_iters", 0),  # 0: act with the actor's sample
+    ("behavior.mpc_horizon", 1),
+    ("behavior.sac_hidden", 1),
+    ("behavior.sac_layers", 1),
+    ("train.steps", 1),
+    ("train.batch", 1),
+    ("train.length", 1),
+    ("train.prefill_episodes", 0),
+    ("train.train_every", 1),
+    ("train.train_steps", 1),
+    ("train.updates_per_call", 1),
+    ("train.eval_every", 0),  # 0: no periodic evaluation
+    ("train.eval_episodes", 1),
+    ("train.test_episodes", 1),
+    ("train.checkpoints_kept", 1),
+    ("train.replay_capacity", 1),
+    ("train.prefetch", 0),  # 0: sample inline
+    ("train.envs", 1),
+    ("train.video_every", 0),  # 0: only experiments.evaluate's videos
+)
+# Float options that must be > 0, and ones that must lie in [0, 1] (rates, probabilities).
+_POSITIVE = """model.min_std model.depth_scale optim.model_lr optim.actor_lr optim.value_lr
+    optim.sac_lr optim.eps optim.clip behavior.sac_init_alpha behavior.mpc_lr
+    loss.coral_temp_init""".split()
+_UNIT = """env.missing_train env.missing_eval behavior.gamma behavior.lam behavior.slow_value_decay
+    behavior.sac_tau""".split()
+BACKGROUNDS = ("default", "none", "procedural")  # or a folder of videos/images
+
+
+def _get(config: Config, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
+def _check_ranges(config: Config) -> None:
+    """Counts, sizes, rates and learning rates in range; the message names the key and fix."""
+    for key, low in _AT_LEAST:
+        value = _get(config, key)
+        if value < low:
+            raise ValueError(f"{key}={value} must be >= {low}; set --set {key}=<n> with n >= {low}")
+    for key in _POSITIVE:
+        value = _get(config, key)
+        if not value > 0:
+            raise ValueError(f"{key}={value} must be > 0; set --set {key}=<a positive number>")
+    for key in _UNIT:
+        value = _get(config, key)
+        if not 0 <= value <= 1:
+            raise ValueError(f"{key}={value} must be in [0, 1]")
+    for rate in config.env.missing_test:
+        if not 0 <= rate <= 1:
+            raise ValueError(f"env.missing_test={config.env.missing_test}: each rate in [0, 1]")
+    t = config.train
+    if t.train_steps % t.updates_per_call:
+        raise ValueError(
+            f"train.train_steps={t.train_steps} is not a multiple of train.updates_per_call="
+            f"{t.updates_per_call} (the updates of one jitted call); make it one, e.g. "
+            f"train.train_steps={max(1, t.train_steps // t.updates_per_call) * t.updates_per_call}"
+        )
+    e = config.env
+    sites = task_info(e.task).touch_sites
+    if e.touch_site and e.touch_site not in sites:
+        where = f"valid: {', '.join(sites)}" if sites else "it has none; leave it empty"
+        raise ValueError(
+            f"env.touch_site={e.touch_site!r} is not a touch site of task {e.task!r} ({where})"
+        )
+    folder = e.background not in BACKGROUNDS and task_info(e.task).suite == "dmc"
+    if folder and not os.path.isdir(os.path.expanduser(e.background)):
+        raise ValueError(
+            f"env.background={e.background!r} is not a folder (nor one of "
+            f"{', '.join(BACKGROUNDS)}); pass an existing folder of videos or images, or "
+            "--set env.background=default"
+        )
+
+
 def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> None:
     """Rejects combinations that make no sense, before anything is built or compiled.
 
@@ -628,8 +733,7 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
     _check_choice("method", config.method, METHODS)
     _check_choice("fidelity", config.fidelity, FIDELITIES)
     _check_choice("size", config.size, SIZES)
-    if config.train.envs < 1:
-        raise ValueError(f"train.envs must be >= 1, got {config.train.envs}")
+    _check_ranges(config)
     _check_choice("model.fusion", m.fusion, FUSIONS)
     _check_choice("model.poe", m.poe, POE_FORMS)
     _check_choice("model.cvrl_head", m.cvrl_head, ("reference", "paper"))

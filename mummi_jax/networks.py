@@ -13,8 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mummi_jax.config import CONV_IMPLS
-
 glorot = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
 
@@ -144,39 +142,20 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
     return y[:, off : off + oh, off : off + ow]
 
 
-def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
-    """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`) or ``"matmul"``
-    (`conv_stride2_matmul`, `conv_transpose_stride2_matmul`), for encoders and decoders alike.
-
-    ``auto`` picks the matmul form on a CPU, where XLA:CPU's convolution inside the scanned
-    update is 25x slower, and wherever one device runs several seeds of a sweep
-    (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
-    XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
-    the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
-    after another (BENCHMARKS.md, "Seed sweeps"), while the matmul form becomes a batched matmul.
-    Elsewhere (one seed on a GPU) cuDNN's convolution is the fast path.
-    """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; choose one of {CONV_IMPLS}")
-    if impl != "auto":
-        return impl
-    backend = jax.default_backend() if backend is None else backend
-    return "matmul" if backend == "cpu" or seeds_per_device > 1 else "xla"
-
-
-def _use_matmul(impl: str) -> bool:
-    return resolve_conv_impl(impl) == "matmul"
+# The two forms of a stride-2 conv. `model.conv_impl` (auto | xla | matmul) is resolved to one
+# of them by `config.resolve_conv_impl`, where the agent is built; networks take it resolved.
+CONV_FORMS = ("xla", "matmul")
 
 
 class StridedConv(nn.Module):
     """k x k, stride-2 convolution, or transposed convolution (`transpose`), with the
     parameters and results of `nn.Conv` (VALID) or `nn.ConvTranspose` (VALID or SAME):
     `kernel` HWIO and `bias`, so checkpoints and parameter counts do not depend on `impl`
-    (`auto` | `xla` | `matmul`: `lax.conv*` or this module's matmul forms)."""
+    (`xla` | `matmul`: `lax.conv*` or this module's matmul forms)."""
 
     features: int
     kernel_size: int = 4
-    impl: str = "auto"
+    impl: str = "xla"
     dtype: Any = None
     transpose: bool = False
     padding: str = "VALID"
@@ -185,12 +164,17 @@ class StridedConv(nn.Module):
     def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
         if not self.transpose and self.padding != "VALID":
             raise ValueError(f"StridedConv: a forward conv is VALID only, got {self.padding!r}")
+        if self.impl not in CONV_FORMS:
+            raise ValueError(
+                f"StridedConv: conv impl {self.impl!r} is not one of {', '.join(CONV_FORMS)}; "
+                "resolve model.conv_impl (auto, xla, matmul) with config.resolve_conv_impl first"
+            )
         k = self.kernel_size
         kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
         bias = self.param("bias", zeros, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         dims = ("NHWC", "HWIO", "NHWC")
-        matmul = _use_matmul(self.impl)
+        matmul = self.impl == "matmul"
         if self.transpose and matmul:
             y = conv_transpose_stride2_matmul(x, kernel, self.padding)
         elif self.transpose:
@@ -210,7 +194,7 @@ class ConvEncoder(nn.Module):
     # Compute dtype (params stay float32): bfloat16 is `model.precision`, the counterpart of
     # the reference's mixed float16. Outputs are cast back so losses stay float32.
     dtype: Any = None
-    conv_impl: str = "auto"  # `model.conv_impl`; same parameters and outputs either way
+    conv_impl: str = "xla"  # "xla" | "matmul" (resolved); same parameters and outputs either way
 
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
@@ -416,7 +400,7 @@ class ImageDecoder(nn.Module):
     channels: int = 3
     depth: int = 32
     dtype: Any = None  # compute dtype, as ConvEncoder
-    conv_impl: str = "auto"  # `model.conv_impl`, as ConvEncoder
+    conv_impl: str = "xla"  # as ConvEncoder
 
     @nn.compact
     def __call__(self, feat):

@@ -24,12 +24,22 @@ state and the stacked carry) keep all P rows between calls, so no step re-pads t
 returned to the host (metrics, actions) has exactly S rows, and everything the host passes in
 (batches, observations, keys) has S rows and is padded here. Inputs travel through host memory
 straight to the device that owns their rows (`jax.make_array_from_callback`), so pass NumPy
-replay batches and observations; JAX arrays are fetched first.
+replay batches and observations (or what `shard` / `shard_rows` placed already, e.g. on a
+prefetch thread); other JAX arrays are fetched first.
+
+No collectives: every compiled program here is row-parallel (each device computes its own rows
+and nothing else), and its outputs stay seed-sharded. The host reads results by copying each
+array's shards once (`fetch`, `jax.device_get`) and splits rows in NumPy. Indexing a sharded
+array per seed instead (``x[i]``) runs a small cross-device program per seed and per leaf, whose
+all-reduce makes every device wait for the slowest; on an oversubscribed CPU XLA aborted the
+whole process after 40 s of such a wait (tests/test_runner.py runs a 4-device sweep beside busy
+processes, and checks the compiled steps hold no collective).
 
 Equivalence: seed s of a sweep computes what a single run with ``seed_key(s)`` computes. The
 init is bitwise identical (it calls ``agent.init`` per seed); train and act agree to float
 tolerance on CPU, since batched and unbatched GEMMs may reduce in a different order
-(tests/test_parallel.py checks 1, 4 and 8 devices, divisible and not).
+(tests/test_parallel.py checks 1, 4 and 8 devices, divisible and not). A single run is this
+with S = 1 (`mummi_jax.runner`).
 
 Typical host loop (one environment instance per seed, one logdir per seed)::
 
@@ -38,7 +48,7 @@ Typical host loop (one environment instance per seed, one logdir per seed)::
     carry = sweep.initial_carry(1)                     # (P, 1, ...) sharded, donated by act
     action, carry = sweep.act(state, carry, obs, keys, training=True)  # obs (S, 1, ...)
     state, metrics = sweep.train(state, batches)       # batches (S, K, B, T, ...)
-    per_seed = sweep.states(state)                     # list of S states, for checkpoints
+    host = sweep.fetch(state)                          # NumPy, (S, ...), for checkpoints
 """
 
 from __future__ import annotations
@@ -70,9 +80,8 @@ def seed_key(seed: int) -> jax.Array:
     return jax.random.key(int(seed))
 
 
-def seed_keys(seeds: Sequence[int]) -> jax.Array:
-    """Stacked root keys, shape (S,): row i is ``seed_key(seeds[i])``."""
-    return jnp.stack([seed_key(s) for s in seeds])
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def stack(trees: Sequence[PyTree]) -> PyTree:
@@ -91,23 +100,20 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     return jax.tree.map(_stack, *trees)
 
 
-def _stack_rows(*xs):
-    """Stack per-seed leaves on the host (typed keys stay typed keys), (...) -> (S, ...)."""
-    if isinstance(xs[0], jax.Array) and jnp.issubdtype(xs[0].dtype, jax.dtypes.prng_key):
-        return jnp.stack(xs)
-    return np.stack([np.asarray(jax.device_get(x)) for x in xs])
-
-
 def unstack(tree: PyTree, i: int) -> PyTree:
-    """Row `i` of every leaf of a stacked pytree: leaves (S, ...) -> (...)."""
+    """Row `i` of every leaf of a stacked pytree: leaves (S, ...) -> (...).
+
+    For host trees (NumPy) and tests. A device-resident, seed-sharded tree is read with
+    `SeedParallel.fetch` (one copy per leaf) instead: indexing it runs a program per row.
+    """
     return jax.tree.map(lambda x: x[i], tree)
 
 
 def seeds_per_device(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> int:
     """Rows of the seed axis each device computes: ceil(S / D) with D = min(S, devices).
 
-    Above 1, a device runs a vmapped batch of seeds; the sweep then builds its agent with
-    `networks.resolve_conv_impl(..., seeds_per_device)`, which avoids grouped convolutions.
+    Above 1, a device runs a vmapped batch of seeds; the runner then builds its agent with
+    `config.resolve_conv_impl(..., seeds_per_device)`, which avoids grouped convolutions.
     """
     n_dev = min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
     return -(-int(num_seeds) // max(n_dev, 1))
@@ -127,7 +133,7 @@ class SeedParallel:
     Attributes:
       num_seeds: S.
       padded_seeds: P, the leading size of the device-resident state and carry.
-      devices, mesh, sharding (seed axis over "seed"), replicated.
+      devices, mesh, sharding (seed axis over "seed").
       traces: Counter of traces per step function ("train", "act/training=True", ...).
     """
 
@@ -153,19 +159,25 @@ class SeedParallel:
         # Auto axis type: JAX 0.10's make_mesh defaults to Explicit, which changes typing rules.
         self.mesh = Mesh(np.array(self.devices), (SEED_AXIS,), axis_types=(AxisType.Auto,))
         self.sharding = NamedSharding(self.mesh, P(SEED_AXIS))
-        self.replicated = NamedSharding(self.mesh, P())
 
-        num, train_fn = self.num_seeds, agent.train_fn
+        train_fn = agent.train_fn
 
-        def train(state, batches):
+        def train(state, batches, active):
             self.traces["train"] += 1  # runs at trace time only
-            state, metrics = jax.vmap(train_fn)(state, batches)
-            return state, jax.tree.map(lambda m: m[:num], metrics)
 
-        sh, rep = self.sharding, self.replicated
-        # Metrics (S,) are tiny: replicate them so that unpadding needs no divisible sharding.
+            def one(state, batch, on):
+                new, metrics = train_fn(state, batch)
+                # A row sitting this call out keeps its state (selected inside the step: no
+                # host round trip, one program whatever the mask).
+                return jax.tree.map(lambda n, o: jnp.where(on, n, o), new, state), metrics
+
+            return jax.vmap(one)(state, batches, active)
+
+        sh = self.sharding
+        # Outputs stay seed-sharded: slicing off the dummy rows here would gather them onto
+        # every device (a collective); the host drops them after its one copy instead.
         self._train = jax.jit(
-            train, in_shardings=(sh, sh), out_shardings=(sh, rep), donate_argnums=0
+            train, in_shardings=(sh, sh, sh), out_shardings=(sh, sh), donate_argnums=0
         )
         self._act: dict[bool, Callable] = {}
         # Traces per step function; each should stay 1 for the whole sweep (tests, logs).
@@ -180,13 +192,23 @@ class SeedParallel:
                 f"got shape {np.shape(x)}"
             )
 
+    def _placed(self, x) -> bool:
+        """Already padded and placed by `shard` (e.g. on the prefetch thread)."""
+        return (
+            isinstance(x, jax.Array)
+            and x.sharding == self.sharding
+            and np.shape(x)[:1] == (self.padded_seeds,)
+        )
+
     def _put_leaf(self, x, what: str) -> jax.Array:
+        if self._placed(x):
+            return x
         self._check_rows(x, what)
         # Everything goes through host memory and lands on each device as its own rows: a
         # device_put of a one-device array to the seed sharding would compile a slicing program
         # per leaf shape, and a real agent state has many shapes.
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = self._put_host(jax.device_get(jax.random.key_data(x)))
+        if _is_key(x):
+            data = self._put_host(np.asarray(jax.device_get(jax.random.key_data(x))))
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         return self._put_host(np.asarray(jax.device_get(x)))
 
@@ -204,19 +226,67 @@ class SeedParallel:
         shape = (self.padded_seeds,) + x.shape[1:]
         return jax.make_array_from_callback(shape, self.sharding, shard)
 
+    def _put_rows(self, xs: Sequence[np.ndarray]) -> jax.Array:
+        """S host arrays (...) -> one (P, ...) seed-sharded array, stacked per device only."""
+        rows = self._rows
+
+        def shard(index):
+            r = rows[index[0]]
+            return xs[r[0]][None] if len(r) == 1 else np.stack([xs[j] for j in r])
+
+        shape = (self.padded_seeds,) + np.shape(xs[0])
+        return jax.make_array_from_callback(shape, self.sharding, shard)
+
     def shard(self, tree: PyTree, what: str = "tree") -> PyTree:
-        """Pad and place host or device data: leaves (S, ...) -> sharded (P, ...)."""
+        """Pad and place host or device data: leaves (S, ...) -> sharded (P, ...). Leaves that
+        `shard` already placed pass through."""
         return jax.tree.map(lambda x: self._put_leaf(x, what), tree)
+
+    def shard_rows(self, trees: Sequence[PyTree]) -> PyTree:
+        """S host trees of equal structure -> one tree of sharded (P, ...) leaves, each device's
+        rows stacked straight from the S trees (no S-row copy on the host)."""
+        if len(trees) != self.num_seeds:
+            raise ValueError(f"expected {self.num_seeds} trees, got {len(trees)}")
+
+        def put(*xs):
+            if _is_key(xs[0]):
+                data = [np.asarray(jax.device_get(jax.random.key_data(x))) for x in xs]
+                return jax.random.wrap_key_data(
+                    self._put_rows(data), impl=jax.random.key_impl(xs[0])
+                )
+            return self._put_rows([np.asarray(jax.device_get(x)) for x in xs])
+
+        return jax.tree.map(put, *trees)
 
     def put_states(self, states: Sequence[PyTree]) -> PyTree:
         """S per-seed states (e.g. restored checkpoints) -> the stacked, sharded (P, ...) state."""
         if len(states) != self.num_seeds:
             raise ValueError(f"expected {self.num_seeds} states, got {len(states)}")
-        return self.shard(jax.tree.map(_stack_rows, *states), "states")
+        return self.shard_rows(states)
+
+    def fetch(self, stacked: PyTree) -> PyTree:
+        """A device-resident stacked tree -> NumPy leaves (S, ...), dummy rows dropped; typed
+        PRNG keys become their raw uint32 key data (S, ...). One host copy per leaf: no program
+        per seed, no collective (see the module docstring)."""
+        raw = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, stacked)
+        return jax.tree.map(lambda x: np.asarray(x)[: self.num_seeds], jax.device_get(raw))
 
     def states(self, stacked_state: PyTree) -> list[PyTree]:
-        """The stacked state -> list of S per-seed states (dummy rows dropped)."""
-        return [unstack(stacked_state, s) for s in range(self.num_seeds)]
+        """The stacked state -> list of S per-seed states (NumPy leaves, typed keys as keys)."""
+        host = self.fetch(stacked_state)
+
+        def row(i):
+            return jax.tree.map(
+                lambda t, x: (
+                    jax.random.wrap_key_data(x[i], impl=jax.random.key_impl(t))
+                    if _is_key(t)
+                    else x[i]
+                ),
+                stacked_state,
+                host,
+            )
+
+        return [row(i) for i in range(self.num_seeds)]
 
     # ----------------------------------------------------------------- Agent API, stacked
 
@@ -232,21 +302,28 @@ class SeedParallel:
 
     def initial_carry(self, n_per_seed: int) -> PyTree:
         """Stacked acting carry for `n_per_seed` envs per seed: leaves (P, n, ...), sharded."""
-        carry = self.agent.initial_carry(n_per_seed)
-        return self.shard(jax.tree.map(lambda x: _stack_rows(*[x] * self.num_seeds), carry))
+        carry = jax.device_get(self.agent.initial_carry(n_per_seed))
+        return self.shard_rows([carry] * self.num_seeds)
 
-    def train(self, stacked_state: PyTree, stacked_batches: PyTree) -> tuple[PyTree, PyTree]:
+    def train(
+        self, stacked_state: PyTree, stacked_batches: PyTree, active=None
+    ) -> tuple[PyTree, dict]:
         """K updates for every seed in one compiled call.
 
         Args:
           stacked_state: (P, ...) from `init`/`put_states`/`train`; **donated** (do not reuse).
           stacked_batches: dict of (S, K, B, T, ...) NumPy arrays (e.g. `stack` of the S replay
-            samples); seed s's rows are what its single run would pass to ``agent.train``.
+            samples), or their `shard`; seed s's rows are what its single run would pass to
+            ``agent.train``.
+          active: optional (S,) bools: rows that update; the others keep their state (their
+            batch rows are computed and thrown away). Default: every row.
 
         Returns:
-          (stacked_state (P, ...), metrics: dict name -> (S,) array, replicated).
+          (stacked_state (P, ...), metrics: dict name -> (S,) NumPy array).
         """
         batches = self.shard(stacked_batches, "batches")
+        active = np.ones(self.num_seeds, bool) if active is None else np.asarray(active, bool)
+        mask = self._put_host(active.reshape(self.num_seeds))
         per_device = self.padded_seeds // len(self.devices)
         with explain_out_of_memory(
             f"the train step of {per_device} seed(s) per device",
@@ -255,7 +332,15 @@ class SeedParallel:
             "seeds per device `model.conv_impl=auto` takes the matmul convolutions, whose "
             "patches double the encoders' memory (--set model.conv_impl=xla keeps cuDNN's)",
         ):
-            return self._train(stacked_state, batches)
+            stacked_state, metrics = self._train(stacked_state, batches, mask)
+            return stacked_state, self.fetch(metrics)
+
+    def lower_train(self, stacked_state: PyTree, stacked_batches: PyTree):
+        """The train step lowered for these (concrete or `jax.ShapeDtypeStruct`) inputs, for
+        inspection or ahead-of-time compilation (benchmarks). Its compiled form takes
+        `(stacked_state, placed batches, placed (S,) active mask)`: see `train`."""
+        active = jax.ShapeDtypeStruct((self.padded_seeds,), jnp.bool_, sharding=self.sharding)
+        return self._train.lower(stacked_state, stacked_batches, active)
 
     def act(
         self,
@@ -264,37 +349,35 @@ class SeedParallel:
         stacked_obs: PyTree,
         stacked_keys: jax.Array,
         training: bool = True,
-    ) -> tuple[PyTree, PyTree]:
+    ) -> tuple[np.ndarray, PyTree]:
         """One policy step for every seed.
 
         Args:
           stacked_state: (P, ...) state (not donated).
           stacked_carry: (P, n, ...) from `initial_carry`/`act`; **donated**.
-          stacked_obs: dict of (S, n, ...) observations incl. flags and is_first.
+          stacked_obs: dict of (S, n, ...) observations incl. flags and is_first, or its
+            `shard`/`shard_rows`.
           stacked_keys: (S,) typed keys; row s is the key seed s's single run would pass.
           training: static; each value compiles once.
 
         Returns:
-          (action (S, n, A) replicated, stacked_carry (P, n, ...) sharded).
+          (action (S, n, A) NumPy, stacked_carry (P, n, ...) sharded).
         """
         training = bool(training)
         if training not in self._act:
-            num, act_fn = self.num_seeds, self.agent.act_fn
+            act_fn = self.agent.act_fn
 
             def act(state, carry, obs, keys):
                 self.traces[f"act/training={training}"] += 1  # runs at trace time only
-                action, carry = jax.vmap(lambda s, c, o, k: act_fn(s, c, o, k, training))(
+                return jax.vmap(lambda s, c, o, k: act_fn(s, c, o, k, training))(
                     state, carry, obs, keys
                 )
-                return jax.tree.map(lambda a: a[:num], action), carry
 
             sh = self.sharding
             self._act[training] = jax.jit(
-                act,
-                in_shardings=(sh, sh, sh, sh),
-                out_shardings=(self.replicated, sh),
-                donate_argnums=1,
+                act, in_shardings=(sh, sh, sh, sh), out_shardings=(sh, sh), donate_argnums=1
             )
         obs = self.shard(stacked_obs, "obs")
         keys = self.shard(stacked_keys, "keys")
-        return self._act[training](stacked_state, stacked_carry, obs, keys)
+        action, carry = self._act[training](stacked_state, stacked_carry, obs, keys)
+        return self.fetch(action), carry

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from mummi_jax.checkpoint import atomic_write
 from mummi_jax.envs.tasks import IMAGE_MODALITIES
 
 
@@ -47,7 +48,16 @@ def write_gif(path: str, frames: np.ndarray, fps: int = 20, scale: int = 2) -> N
         duration=int(1000 / fps),
         loop=0,
     )
-    from mummi_jax.loop import atomic_write
-
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_write(path, buffer.getvalue())
+
+
+def write_episode(logdir: str, name: str, episode: dict, modalities) -> str | None:
+    """`<logdir>/videos/<name>.gif` of `episode`'s image modalities; returns its path, or None
+    when the task has no image modality."""
+    try:
+        frames = episode_frames(episode, modalities)
+    except ValueError:
+        return None
+    path = os.path.join(logdir, "videos", f"{name}.gif")
+    write_gif(path, frames)
+    return path

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from mummi_jax import networks
-from mummi_jax.config import Config
+from mummi_jax.config import Config, resolve_conv_impl
 from mummi_jax.distributions import product_of_experts, sample
 
 
@@ -84,11 +84,12 @@ class WorldModel:
         # heads and every loss stay float32 (the reference's mixed float16, in bfloat16).
         dtype = jnp.bfloat16 if m.precision == "bfloat16" else None
         self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
+        # The runner hands over the form it resolved for its seeds per device; an agent built
+        # directly from an `auto` config gets the one-seed rule (a no-op for xla | matmul).
+        conv = resolve_conv_impl(m.conv_impl)
         for name, shape in self.shapes.items():
             if len(shape) == 3:
-                mods[f"enc_{name}"] = networks.ConvEncoder(
-                    m.cnn_depth, m.cnn_layers, dtype, m.conv_impl
-                )
+                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers, dtype, conv)
             else:
                 hidden = m.proprio_hidden if name == "proprio" else m.touch_hidden
                 layers = m.proprio_layers if name == "proprio" else m.touch_layers
@@ -113,7 +114,7 @@ class WorldModel:
                 shape = self.shapes[name]
                 if len(shape) == 3:
                     mods[f"dec_{name}"] = networks.ImageDecoder(
-                        shape[0], shape[-1], m.cnn_depth, dtype, m.conv_impl
+                        shape[0], shape[-1], m.cnn_depth, dtype, conv
                     )
                 else:
                     mods[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)
@@ -205,7 +206,7 @@ class WorldModel:
         scan and in imagination (reference-parity.md, "Shared noise").
         """
         rows = 1 if self.config.model.shared_noise else batch
-        return jax.random.normal(key, (*lead, rows, self.config.model.stoch))
+        return jax.random.normal(key, (*lead, rows, self.config.model.stoch), jnp.float32)
 
     def observe(self, p, fused, actions, is_first, noise):
         """Posterior and prior over `(B, T)`; `noise` `(T, 2, B or 1, S)` (`state_noise`)."""

@@ -17,8 +17,10 @@ import tempfile
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mummi_jax_test_xla_")
-# Cache every compile worth a disk round trip (JAX's default threshold is 1 s).
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Cache every compile (JAX's default threshold is 1 s): the eager init of an agent is hundreds
+# of small programs, compiled again by every child process (CLI runs, resumes, fake-device
+# sweeps) unless they come from this cache.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (after the environment: JAX reads it on import)
 

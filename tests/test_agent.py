@@ -12,6 +12,7 @@ from dm_env import specs
 
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
+from mummi_jax.parallel import SeedParallel
 
 
 def walker_spec(touch: int = 2) -> dict:
@@ -82,14 +83,15 @@ def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     cfg = C.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
-    state = agent.init(jax.random.key(0))
-    chex.clear_trace_counter()  # counters are keyed by function, shared across presets
-    train = jax.jit(chex.assert_max_traces(agent.train_fn, n=1), donate_argnums=0)
-    one = fixed_batch(agent, spec, 1, 4, 6)
-    # 2 updates per call, tests/test_loop.py's SMALL shapes: that file's runs of the same
+    # The train step of a single run (`runner.Runner`: one seed through SeedParallel), with
+    # 2 updates per call at tests/test_loop.py's SMALL shapes: that file's runs of the same
     # preset compile the same program, which the session's compilation cache then reuses.
+    run = SeedParallel(agent, 1, jax.devices()[:1])
+    state = run.init([0])
+    one = fixed_batch(agent, spec, 1, 4, 6)
     batches = jax.tree.map(lambda x: np.repeat(x, 2, axis=0), one)
     agent.check_batch(batches, leading=3)
+    placed = run.shard(jax.tree.map(lambda x: x[None], batches))
     first = jax.tree.map(lambda x: x[0], one)
 
     noise = agent.draw_noise(jax.random.key(8), *first["reward"].shape)
@@ -98,13 +100,15 @@ def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     def wm_loss(wm_params):  # fixed key and noise: the same samples and modality drops
         return agent._world_model_loss(wm_params, first, noise, jax.random.key(7))[0]
 
-    losses = [float(wm_loss(state.params["wm"]))]
+    params = lambda state: run.states(state)[0].params
+    losses = [float(wm_loss(params(state)["wm"]))]
     for _ in range(100):  # 200 updates, one compile
-        state, metrics = train(state, batches)
+        state, metrics = run.train(state, placed)
+    assert run.traces["train"] == 1
     chex.assert_tree_all_finite(metrics)
-    losses.append(float(wm_loss(state.params["wm"])))
-    chex.assert_tree_all_finite(state.params)
-    assert int(state.step) == 200
+    losses.append(float(wm_loss(params(state)["wm"])))
+    chex.assert_tree_all_finite(params(state))
+    assert int(run.states(state)[0].step) == 200
     # The world-model loss on this fixed batch falls clearly: its excess over the floor
     # that no model can beat (free nats, unit-variance Gaussian constants) drops by 25 %.
     floor = _loss_floor(cfg, agent, one)
@@ -204,7 +208,12 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
     image_dots = re.compile(r"dot_general .*: \(tensor<\d+x\d+x\d+x\d+x")  # (N, H, W, K) patches
     convs = [line for line in hlo.splitlines() if image_dots.search(line)]
     assert len(convs) >= 5 and all("bf16" in line for line in convs), convs[:3]
-    _, m32 = a32.train(s32, batch)
-    _, m16 = a16.train(s16, batch)
+
+    # Through a single run's train step, as the preset test (f32: its compile is reused).
+    def train(agent):
+        run = SeedParallel(agent, 1, jax.devices()[:1])
+        return run.train(run.init([0]), jax.tree.map(lambda x: x[None], batch))[1]
+
+    m32, m16 = train(a32), train(a16)
     for k in ("wm/loss", "wm/recon/camera", "wm/kl"):
-        assert np.isfinite(m16[k]) and m16[k] == pytest.approx(m32[k], rel=0.05), k
+        assert np.isfinite(m16[k][0]) and m16[k][0] == pytest.approx(m32[k][0], rel=0.05), k

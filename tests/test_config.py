@@ -108,3 +108,46 @@ def test_config_round_trips_through_json():
     cfg = C.make_config("coral_v", "walker_walk", "tiny", "paper", seed=3)
     again = C.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.batch=0", "train.batch=0 must be >= 1"),
+        ("train.batch=-3", "train.batch=-3 must be >= 1"),
+        ("train.length=0", "train.length=0 must be >= 1"),
+        ("train.steps=0", "train.steps=0 must be >= 1"),
+        ("train.train_every=0", "train.train_every=0"),
+        ("train.train_steps=0", "train.train_steps=0"),
+        ("train.updates_per_call=0", "train.updates_per_call=0"),
+        ("train.train_steps=7", "not a multiple of train.updates_per_call=5.*train_steps=5"),
+        ("train.envs=0", "train.envs=0"),
+        ("train.checkpoints_kept=0", "train.checkpoints_kept=0"),
+        ("train.prefill_episodes=-1", "train.prefill_episodes=-1"),
+        ("model.deter=0", "model.deter=0"),
+        ("model.cnn_depth=-1", "model.cnn_depth=-1"),
+        ("behavior.horizon=1", "behavior.horizon=1 must be >= 2"),
+        ("optim.model_lr=0", "optim.model_lr=0.0 must be > 0"),
+        ("behavior.gamma=1.5", r"behavior.gamma=1.5 must be in \[0, 1\]"),
+        ("env.missing_test=0,2", "env.missing_test"),
+        ("env.touch_site=toe", "not a touch site of task 'walker_walk' \\(valid: sole, foot\\)"),
+        ("env.background=/no/such/folder", "env.background='/no/such/folder' is not a folder"),
+    ],
+)
+def test_every_count_size_rate_and_site_is_checked_before_anything_runs(override, match):
+    with pytest.raises(ValueError, match=match):
+        C.make_config("mummi", "walker_walk", "tiny", overrides=[override])
+
+
+def test_touch_site_reaches_the_environment_for_every_task_with_a_choice(tmp_path):
+    from mummi_jax.episodes import env_kwargs_from_config
+
+    kwargs = lambda task, *o: env_kwargs_from_config(C.make_config("mummi", task, overrides=o))
+    assert kwargs("cup_catch", "env.touch_site=interior")["touch_site"] == "interior"
+    assert kwargs("walker_walk", "env.touch_site=foot")["touch_site"] == "foot"
+    assert kwargs("cup_catch")["touch_site"] is None  # the task's default (bottom)
+    with pytest.raises(ValueError, match="cartpole_swingup.*it has none"):
+        C.make_config("mummi", "cartpole_swingup", overrides=["env.touch_site=sole"])
+    # A background folder that exists is accepted; a toy task ignores the option.
+    C.make_config("mummi", "walker_walk", overrides=[f"env.background={tmp_path}"])
+    C.make_config("mummi", "toy_xy", overrides=["env.background=/no/such/folder"])

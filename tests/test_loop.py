@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import envs, loop
+from mummi_jax import envs
 from mummi_jax.agent import Agent
+from mummi_jax.checkpoint import atomic_write
+from mummi_jax.episodes import env_kwargs_from_config, run_episode, run_episodes
+from mummi_jax.replay import Replay, prefetch
+from mummi_jax.runner import Runner
 
 # A few hundred env steps on the toy robot: 4 episodes of 100 env steps, two train phases.
 SMALL = [
@@ -36,12 +40,12 @@ SMALL = [
 
 def make_runner(method, logdir, task="toy_position_camera", extra=()):
     config = C.make_config(method, task, "tiny", overrides=SMALL + list(extra))
-    kwargs = loop.env_kwargs_from_config(config)
+    kwargs = env_kwargs_from_config(config)
     probe = envs.make(**kwargs, seed=config.seed)
     agent = Agent(config, probe.observation_spec(), probe.action_spec())
     os.makedirs(logdir, exist_ok=True)
-    loop.atomic_write(os.path.join(logdir, "config.json"), config.to_json().encode())
-    return loop.Runner(config, agent, str(logdir), kwargs, progress=False)
+    atomic_write(os.path.join(logdir, "config.json"), config.to_json().encode())
+    return Runner(config, str(logdir), agent=agent, env_kwargs=kwargs, progress=False)
 
 
 def read_metrics(logdir):
@@ -167,20 +171,20 @@ def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path):
 
 def test_nan_losses_stop_with_the_metric_name_and_keep_the_checkpoint(tmp_path):
     runner = make_runner("mummi", tmp_path)
-    real_train = runner.agent.train
+    real_train = runner.parallel.train
 
-    def poisoned(state, batch):
-        state, metrics = real_train(state, batch)
-        return state, {**metrics, "wm/loss": np.float32("nan")}
+    def poisoned(state, batch, active):
+        state, metrics = real_train(state, batch, active)
+        return state, {**metrics, "wm/loss": np.full_like(metrics["wm/loss"], np.nan)}
 
-    runner.agent.train = poisoned
+    runner.parallel.train = poisoned
     with pytest.raises(FloatingPointError, match="wm/loss is nan at env step 200"):
         runner.train()
     assert sorted(os.listdir(tmp_path / "checkpoints"))  # the prefill checkpoints survive
 
 
 def test_replay_batches_keep_the_documented_alignment(tmp_path):
-    replay = loop.Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
+    replay = Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
     L = 12
     episode = {
         "x": np.arange(L, dtype=np.float32)[:, None],
@@ -197,7 +201,7 @@ def test_replay_batches_keep_the_documented_alignment(tmp_path):
     # obs t, the action that led to it (t - 1 here) and its reward stay aligned.
     np.testing.assert_array_equal(batch["action"][..., 0], batch["x"][..., 0] - 1)
     np.testing.assert_array_equal(batch["reward"], batch["x"][..., 0])
-    again = loop.Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
+    again = Replay(str(tmp_path), capacity=10_000, seed=0, action_repeat=2)
     assert len(again.episodes) == 1  # persisted on disk, reloaded on resume
     again.truncate(0)
     assert again.episodes == []
@@ -209,7 +213,7 @@ def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
     from mummi_jax.envs.workers import EnvPool
 
     config = C.make_config("mummi", "toy_position_camera", "tiny", overrides=SMALL)
-    kwargs = loop.env_kwargs_from_config(config)
+    kwargs = env_kwargs_from_config(config)
     seeds = [11, 12]
     rngs = [np.random.default_rng(s) for s in seeds]
     actions = [[r.uniform(-1, 1, 2).astype(np.float32) for _ in range(60)] for r in rngs]
@@ -221,13 +225,11 @@ def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
         return np.stack([actions[0][i], actions[1][i]])
 
     with EnvPool([dict(kwargs, seed=0), dict(kwargs, seed=1)]) as pool:
-        together = loop.run_episodes(pool, batched, ("position", "camera"), seeds)
+        together = run_episodes(pool, batched, ("position", "camera"), seeds)
     env = envs.make(**kwargs, seed=5)
     for j, seed in enumerate(seeds):
         it = iter(actions[j])
-        alone, ret = loop.run_episode(
-            env, lambda o, f, it=it: next(it), ("position", "camera"), seed
-        )
+        alone, ret = run_episode(env, lambda o, f, it=it: next(it), ("position", "camera"), seed)
         assert together[j][1] == pytest.approx(ret)
         for k in alone:
             np.testing.assert_array_equal(together[j][0][k], alone[k], err_msg=k)
@@ -236,7 +238,7 @@ def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
 
 def test_a_run_with_two_envs_trains_and_logs_every_episode(tmp_path):
     runner = make_runner("mummi", tmp_path, extra=["train.envs=2"])
-    _, counters = runner.train()
+    _, (counters,) = runner.train()
     lines = read_metrics(tmp_path)
     assert [r["step"] for r in lines if "train/return" in r] == [100, 200, 300, 400]
     assert counters["episodes"] == 4 and counters["updates"] > 0
@@ -247,7 +249,7 @@ def test_prefetch_keeps_order_raises_in_the_consumer_and_never_hangs_on_an_early
     import threading
 
     draws = iter(range(100))
-    assert list(loop.prefetch(lambda: next(draws), 5, depth=2)) == [0, 1, 2, 3, 4]
+    assert list(prefetch(lambda: next(draws), 5, depth=2)) == [0, 1, 2, 3, 4]
 
     def fails_after(n):
         count = iter(range(1000))
@@ -261,11 +263,11 @@ def test_prefetch_keeps_order_raises_in_the_consumer_and_never_hangs_on_an_early
         return sample
 
     with pytest.raises(RuntimeError, match="broke after 3"):
-        list(loop.prefetch(fails_after(3), 10, depth=1))
+        list(prefetch(fails_after(3), 10, depth=1))
     # The consumer stops after one item while the worker, its queue full, then fails: closing
     # the generator joins the worker, so it returns only if the error's put did not block.
     before = threading.active_count()
-    gen = loop.prefetch(fails_after(2), 10, depth=1)
+    gen = prefetch(fails_after(2), 10, depth=1)
     assert next(gen) == 0
     gen.close()
     assert threading.active_count() == before

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mummi_jax import config as C
 from mummi_jax import networks
 
 
@@ -74,8 +75,6 @@ def test_bfloat16_matmul_conv_computes_in_bf16_and_returns_f32():
 
 
 def test_unknown_conv_impl_names_the_choices():
-    from mummi_jax import config as C
-
     with pytest.raises(ValueError, match="model.conv_impl.*auto, xla, matmul"):
         C.make_config("mummi", "walker_walk", "tiny", overrides=["model.conv_impl=cudnn"])
     with pytest.raises(ValueError, match="auto.*xla.*matmul"):
@@ -96,7 +95,7 @@ def test_unknown_conv_impl_names_the_choices():
     ],
 )
 def test_auto_conv_impl_picks_matmul_on_cpu_and_for_vmapped_seeds(impl, backend, per_device, want):
-    assert networks.resolve_conv_impl(impl, per_device, backend) == want
+    assert C.resolve_conv_impl(impl, per_device, backend) == want
 
 
 def _grad_hlo(impl, seeds):
@@ -126,11 +125,10 @@ def test_a_seed_sweep_of_a_reconstruction_method_lowers_without_convolutions():
     builds it on any backend: no convolution is left in the lowered train step."""
     from dm_env import specs
 
-    from mummi_jax import config as C
     from mummi_jax.agent import Agent
     from mummi_jax.parallel import SeedParallel
 
-    impl = networks.resolve_conv_impl("auto", seeds_per_device=2, backend="gpu")
+    impl = C.resolve_conv_impl("auto", seeds_per_device=2, backend="gpu")
     cfg = C.make_config(
         "dreamer",
         "toy_position_camera",
@@ -155,7 +153,7 @@ def test_a_seed_sweep_of_a_reconstruction_method_lowers_without_convolutions():
         }
     )
     batch["action"] = jax.ShapeDtypeStruct((2, K, B, T, 2), np.float32)
-    text = sweep._train.lower(state, batch).as_text()
+    text = sweep.lower_train(state, batch).as_text()
     assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
 
 

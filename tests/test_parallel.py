@@ -12,6 +12,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,9 @@ jax.monitoring.register_event_duration_secs_listener(
     lambda event, _secs, **_kw: COMPILES.update([event])
 )
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+COLLECTIVES = re.compile(
+    r"\b(all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)\b"
+)
 
 
 class LinearAgent:
@@ -202,6 +206,13 @@ def run_case(
                 )
                 act_diff = max(act_diff, _maxdiff(actions[i], a))
                 act_bitwise &= _bitwise(actions[i], np.asarray(a))
+    # Every program the host waits on is row-parallel: no cross-device collective (their
+    # rendezvous aborted an oversubscribed CPU sweep, tests/test_runner.py).
+    hlo = sweep.lower_train(state, sweep.shard(stack([make_batches(s, 0) for s in seeds])))
+    act = sweep._act[True].lower(state, carry, sweep.shard(stacked_obs), sweep.shard(keys))
+    out["collectives"] = sorted(
+        set(COLLECTIVES.findall(hlo.compile().as_text() + act.compile().as_text()))
+    )
     out["act_diff"] = act_diff
     out["act_bitwise"] = bool(act_bitwise)
     out["carry_diff"] = max(_maxdiff(unstack(carry, i), ref_carries[i]) for i in range(num_seeds))
@@ -228,6 +239,7 @@ def _check(out: dict, n_devices: int, num_seeds: int) -> None:
     assert out["traces"] == {"train": 1, "act/training=True": 1, "act/training=False": 1}
     assert out["agent_traces"] == {"train": 1, "act/True": 1, "act/False": 1}
     assert out["late_compiles"] == 0, out
+    assert out["collectives"] == [], out["collectives"]
     # The seeds really differ (so equality above is not vacuous).
     assert len({round(v, 6) for v in out["losses"][-1]}) == num_seeds
 
@@ -290,7 +302,7 @@ def test_put_states_roundtrip_and_padding():
 def test_a_sweep_out_of_device_memory_says_how_many_seeds_per_device_and_what_to_change():
     sweep = SeedParallel(LinearAgent(), 3, jax.devices()[:1])
 
-    def train(state, batches):
+    def train(state, batches, active):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 70GiB")
 
     sweep._train = train

@@ -15,8 +15,11 @@ import dm_env
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import envs, loop
+from mummi_jax import envs
 from mummi_jax.agent import Agent
+from mummi_jax.checkpoint import atomic_write
+from mummi_jax.episodes import env_kwargs_from_config
+from mummi_jax.runner import Runner
 from tests.test_loop import SMALL, make_runner, read_metrics
 
 # Three 100-step episodes, train phases at 200 (two) and 300, one evaluation at 300: every
@@ -26,6 +29,7 @@ SWEEP = [
     *SMALL,
     "train.steps=300",
     "train.eval_every=300",
+    "train.video_every=300",
     "behavior.horizon=3",
     "behavior.mpc_horizon=2",
 ]
@@ -56,32 +60,40 @@ def assert_same_metrics(got, want, rel=1e-4):
 def agent():
     """One Agent for every single run (it does not depend on the seed), so they compile once."""
     config = make_config()
-    probe = envs.make(**loop.env_kwargs_from_config(config), seed=0)
+    probe = envs.make(**env_kwargs_from_config(config), seed=0)
     try:
         return Agent(config, probe.observation_spec(), probe.action_spec())
     finally:
         probe.close()
 
 
-def single_run(logdir, seed, agent):
-    """What `experiments.train --seed=<seed>` does, with a shared agent."""
+@pytest.fixture(scope="module")
+def one_seed(agent):
+    """The compiled steps of every single run below (they differ only in the seed)."""
+    import jax
+
+    from mummi_jax.parallel import SeedParallel
+
+    return SeedParallel(agent, 1, jax.devices()[:1])
+
+
+def single_run(logdir, seed, one_seed):
+    """What `experiments.train --seed=<seed>` does, with shared compiled steps."""
     config = make_config(seed)
     os.makedirs(logdir, exist_ok=True)
-    runner = loop.Runner(config, agent, str(logdir), loop.env_kwargs_from_config(config), False)
+    runner = Runner(config, str(logdir), parallel=one_seed, progress=False)
     runner.train()
     return numbers(logdir)
 
 
 @pytest.fixture(scope="module")
-def refs(tmp_path_factory, agent):
+def refs(tmp_path_factory, one_seed):
     """Single runs of REF_SEEDS: what every sweep is compared with."""
-    return {s: single_run(tmp_path_factory.mktemp(f"single{s}"), s, agent) for s in REF_SEEDS}
+    return {s: single_run(tmp_path_factory.mktemp(f"single{s}"), s, one_seed) for s in REF_SEEDS}
 
 
 def sweep(logdir, seeds, agent=None, devices=None):
-    from mummi_jax.sweep_loop import SweepRunner
-
-    runner = SweepRunner(make_config(), seeds, str(logdir), agent, progress=False, devices=devices)
+    runner = Runner(make_config(), str(logdir), seeds, agent=agent, progress=False, devices=devices)
     runner.train()
     return runner
 
@@ -90,16 +102,18 @@ def test_seed_s_of_a_sweep_logs_what_its_single_run_logs_and_resumes_per_seed(
     tmp_path, refs, agent
 ):
     runner = sweep(tmp_path, [1, 2], agent)
-    assert runner.parallel.traces == {"train": 1, "act/training=True": 1}
+    # Collection and evaluation act through the same vmapped steps: one trace of each.
+    assert runner.parallel.traces == {"train": 1, "act/training=True": 1, "act/training=False": 1}
     for s in (1, 2):
         d = tmp_path / f"seed{s}"
         assert json.load(open(d / "config.json"))["seed"] == s
         assert len(os.listdir(d / "episodes")) == 3 and os.listdir(d / "checkpoints")
+        assert os.listdir(d / "videos") == ["eval-000000300.gif"]  # as a single run films
         assert_same_metrics(numbers(d), refs[s])
     assert numbers(tmp_path / "seed1") != numbers(tmp_path / "seed2")
     # Seed 2 loses its newest checkpoint (as if killed mid-save) and seed 0 joins: one program
     # then holds a fresh seed in its prefill, seed 2 from step 200 and seed 1 done (masked).
-    newest = sorted(glob.glob(str(tmp_path / "seed2" / "checkpoints" / "*.pkl")))[-1]
+    newest = sorted(glob.glob(str(tmp_path / "seed2" / "checkpoints" / "*.msgpack")))[-1]
     os.remove(newest)
     runner = sweep(tmp_path, [0, 1, 2], agent)
     for s in (0, 1, 2):
@@ -161,11 +175,11 @@ class _Ragged:
 
 
 def test_episodes_of_different_lengths_keep_each_seed_equal_to_its_single_run(
-    tmp_path, agent, monkeypatch
+    tmp_path, agent, one_seed, monkeypatch
 ):
     make = envs.make
     monkeypatch.setattr(envs, "make", lambda *a, **k: _Ragged(make(*a, **k)))
-    want = {s: single_run(tmp_path / f"single{s}", s, agent) for s in (4, 5)}
+    want = {s: single_run(tmp_path / f"single{s}", s, one_seed) for s in (4, 5)}
     lengths = {s: [r["train/length"] for r in want[s] if "train/length" in r] for s in want}
     assert lengths[4] != lengths[5]  # the seeds really drift apart
     sweep(tmp_path / "sweep", [4, 5], agent)
@@ -179,13 +193,11 @@ def test_two_single_runs_with_one_seed_log_identical_numbers(tmp_path, refs):
 
 
 def test_a_logdir_with_another_config_is_refused(tmp_path, agent):
-    from mummi_jax.sweep_loop import SweepRunner
-
     os.makedirs(tmp_path / "seed0")
     other = C.override(make_config(0), ["train.batch=5"])
-    loop.atomic_write(str(tmp_path / "seed0" / "config.json"), other.to_json().encode())
+    atomic_write(str(tmp_path / "seed0" / "config.json"), other.to_json().encode())
     with pytest.raises(ValueError, match="different config"):
-        SweepRunner(make_config(), [1, 0], str(tmp_path), agent, progress=False)
+        Runner(make_config(), str(tmp_path), [1, 0], agent=agent, progress=False)
     assert not os.path.exists(tmp_path / "seed1")  # nothing written
 
 
@@ -194,13 +206,11 @@ def test_a_gpu_sweep_builds_its_agent_with_matmul_convs_but_logs_the_config_as_g
 ):
     import jax
 
-    from mummi_jax.sweep_loop import SweepRunner
-
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # only read by the conv rule
     one = jax.devices()[:1]
     for seeds, want in (([0, 1], "matmul"), ([0], "xla")):
         d = tmp_path / str(len(seeds))
-        runner = SweepRunner(make_config(), seeds, str(d), progress=False, devices=one)
+        runner = Runner(make_config(), str(d), seeds, progress=False, devices=one)
         assert runner.agent.config.model.conv_impl == want
         assert json.load(open(d / "seed0" / "config.json"))["model"]["conv_impl"] == "auto"
 

@@ -1,7 +1,7 @@
 """`--what=loop`: the whole host loop (environment, acting, replay, updates, checkpoints).
 
-Runs `loop.Runner` for the prefill episodes plus two agent episodes on `--tasks` (default
-walker_walk) at `--size`, in a temporary logdir, and reports:
+Runs `runner.Runner` (one seed) for the prefill episodes plus two agent episodes on `--tasks`
+(default walker_walk) at `--size`, in a temporary logdir, and reports:
 
 - env steps/s while the agent acts (render + physics + one acting call per agent step),
 - env steps/s of the random prefill (render + physics alone),
@@ -16,6 +16,7 @@ on a CPU at paper size use a small value, an update there takes seconds.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -25,8 +26,7 @@ import jax
 
 def run(flags):
     from mummi_jax import config as C
-    from mummi_jax import envs, loop
-    from mummi_jax.agent import Agent
+    from mummi_jax.runner import Runner
 
     for task in tuple(flags.tasks) or ("walker_walk",):
         base = C.make_config(flags.method, task, flags.size, overrides=flags.set)
@@ -37,16 +37,13 @@ def run(flags):
             f"train.steps={(t.prefill_episodes + 2) * per_ep}",
             f"train.train_every={per_ep}",
             f"train.train_steps={phase}",
-            f"train.updates_per_call={min(t.updates_per_call, phase)}",
+            # K must divide the phase (config.validate): the largest common divisor.
+            f"train.updates_per_call={math.gcd(t.updates_per_call, phase)}",
             "train.eval_every=0",
         ]
         config = C.make_config(flags.method, task, flags.size, overrides=[*flags.set, *over])
-        kwargs = loop.env_kwargs_from_config(config)
-        probe = envs.make(**kwargs, seed=0)
-        agent = Agent(config, probe.observation_spec(), probe.action_spec())
-        probe.close()
         with tempfile.TemporaryDirectory() as logdir:
-            runner = loop.Runner(config, agent, logdir, kwargs, progress=False)
+            runner = Runner(config, logdir, progress=False)
             t0 = time.perf_counter()
             runner.train()
             total = time.perf_counter() - t0

@@ -4,7 +4,7 @@ For each S in `--seeds_list` (default 1, 2, 4, 8), `SeedParallel` vmaps the trai
 S seeds on the first device and times K-update calls on walker-shaped synthetic batches (the
 shapes of `--what=train_step`). Reports updates/s summed over seeds and the ratio to one
 seed, measured in the same process after each S's compiling call. Each S runs with the conv
-form a sweep would use (`sweep_loop.agent_config`: with `model.conv_impl=auto`, `lax.conv`
+form a sweep would use (`runner.agent_config`: with `model.conv_impl=auto`, `lax.conv`
 for one seed on a GPU, the matmul form for several), so the ratio is what a user gets;
 `--set model.conv_impl=xla|matmul` pins one form for every S.
 
@@ -26,7 +26,7 @@ from mummi_jax import config as C
 from mummi_jax.agent import Agent
 from mummi_jax.device_memory import compiled_gigabytes, device_peak_gigabytes, is_out_of_memory
 from mummi_jax.parallel import SeedParallel
-from mummi_jax.sweep_loop import agent_config
+from mummi_jax.runner import agent_config
 
 
 def run(flags):
@@ -61,14 +61,15 @@ def run(flags):
             state = sweep.init(list(range(n)))
             batches = {k: np.broadcast_to(v, (n,) + v.shape) for k, v in one.items()}
             batches = sweep.shard(batches, "batches")  # placed once: time the updates alone
+            active = sweep.shard(np.ones(n, bool), "active")
             t0 = time.perf_counter()
             # Compiled ahead of time so that XLA's buffer assignment can be reported.
-            step = sweep._train.lower(state, batches).compile()
+            step = sweep.lower_train(state, batches).compile()
             compile_s = time.perf_counter() - t0
             times = []
             for _ in range(repeats + 1):  # the first call warms up
                 t = time.perf_counter()
-                state, metrics = step(state, batches)
+                state, metrics = step(state, batches, active)
                 jax.block_until_ready(metrics)
                 times.append(time.perf_counter() - t)
         except jax.errors.JaxRuntimeError as err:

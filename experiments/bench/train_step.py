@@ -23,7 +23,6 @@ from dm_env import specs
 
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
-from mummi_jax.networks import resolve_conv_impl
 
 
 def _spec(size):
@@ -153,7 +152,7 @@ def run(flags):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(jax.devices()[0].device_kind),
         "conv_impl": cfg.model.conv_impl,
-        "conv_form": resolve_conv_impl(cfg.model.conv_impl),  # what `auto` became here
+        "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),  # what `auto` became here
         "allocator": allocator(),
     }
     yield record

@@ -105,16 +105,17 @@ def run_reference(checkout, tf_python, cfg, weights, batches, noise, workdir):
         return {k: data[k] for k in data.files}
 
 
-def run_float64(out, cfg, weights, batch, noise):
-    """Our first update in float64, in a process of its own (x64 is set at start-up), on
+def run_float64(out, cfg, weights, batches, noises):
+    """Our updates in float64, in a process of its own (x64 is set at start-up), on
     exactly the inputs both implementations were given."""
     from experiments.parity import harness
 
     path_in, path = os.path.join(out, "float64_in.npz"), os.path.join(out, "float64.npz")
     inputs = {"config": np.array(json.dumps(cfg))}
     inputs.update({f"weights/{k}": v for k, v in weights.items()})
-    inputs.update({f"batch/{k}": np.asarray(v) for k, v in batch.items()})
-    inputs.update({f"noise/{k}": np.asarray(v) for k, v in noise.items()})
+    for k, (batch, noise) in enumerate(zip(batches, noises, strict=True)):
+        inputs.update({f"batch/{k}/{key}": np.asarray(v) for key, v in batch.items()})
+        inputs.update({f"noise/{k}/{key}": np.asarray(v) for key, v in noise.items()})
     np.savez(path_in, **inputs)
     cmd = [sys.executable, "-m", "experiments.parity.float64", f"--inputs={path_in}"]
     done = subprocess.run(cmd + [f"--out={path}"], capture_output=True, text=True)
@@ -182,14 +183,15 @@ def main(argv):
         np.savez_compressed(cached, inputs_key=np.array(key), **ref)
     ref.pop("inputs_key", None)
     t_ref = time.time() - t0
+    init_check = None
     if weights is None:  # the reference's own initialisation, in our names
         weights = {ours: ref[f"init/{r}"] for ours, r in mapping.pairs()}
+        init_check = harness.compare_initialisers(agent, weights, FLAGS.seed)
+    # float64 first, in its own process, while this one holds little device memory.
+    f64 = run_float64(FLAGS.out, cfg, weights, batches, noise) if FLAGS.float64 else None
     ours = harness.run_ours(agent, weights, batches, noise)
     ours.update(harness.module_grad_norms(ours))
     ref.update(harness.module_grad_norms(ref))
-    f64 = None
-    if FLAGS.float64:
-        f64 = run_float64(FLAGS.out, cfg, weights, batches[0], noise[0])
     rows = harness.compare(ours, ref, f64=f64)
     failed = [r for r in rows if not r["ok"]]
     commit = reference_version(FLAGS.reference)
@@ -208,6 +210,8 @@ def main(argv):
         "seconds": round(time.time() - t0, 1),
         "reference_seconds": round(t_ref, 1),
     }
+    if init_check is not None:
+        meta["initialisers"] = init_check
     with open(os.path.join(FLAGS.out, "parity.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1, default=str)
     title = (

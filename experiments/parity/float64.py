@@ -3,13 +3,14 @@
     python -m experiments.parity.float64 --inputs=IN.npz --out=OUT.npz
 
 Takes the inputs `python -m experiments.parity` gave both implementations (its sizes, our
-weights, the first batch and its noise; written by `__main__.run_float64`) and computes our
-first update's terms and gradients with every array in float64:
+weights, the batches and their noise; written by `__main__.run_float64`) and runs our
+updates with every array in float64:
 `jax_enable_x64`, the parameters cast up, and `jnp.float32` standing for float64 while our
 modules build their graph (they cast to float32 explicitly where the reference does). The
-parity harness then reports, per tensor, how far our float32 result and the reference's
+parity harness then reports, per row, how far our float32 result and the reference's
 float32 result each are from this one: when both are at the same distance, a difference
-between them is rounding, not a different computation.
+between them is rounding (and what rounding grows into over several Adam steps), not a
+different computation.
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ import os
 import sys
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
 
-def first_update_float64(cfg: dict, weights: dict, batch: dict, noise: dict) -> dict:
-    """`step1/term/*` and `step1/grad/*` (reference names) of our first update, in float64."""
+def updates_float64(cfg: dict, weights: dict, batches: list, noises: list) -> dict:
+    """Our K updates' outputs (reference names, `harness.run_ours`), in float64."""
     from experiments.parity import harness
     from mummi_jax import agent as _agent  # noqa: F401  (imported before the patch below:
     # libraries that read jnp.float32 at import, as TFP's JAX substrate does, must see it)
@@ -41,13 +40,13 @@ def first_update_float64(cfg: dict, weights: dict, batch: dict, noise: dict) -> 
         out = harness.run_ours(
             agent,
             {k: up(v) for k, v in weights.items()},
-            [{k: up(v) for k, v in batch.items()}],
-            [{k: up(v) for k, v in noise.items()}],
+            [{k: up(v) for k, v in batch.items()} for batch in batches],
+            [{k: up(v) for k, v in noise.items()} for noise in noises],
             dtype=np.float64,
         )
     finally:
         jnp.float32 = float32
-    return {k: v for k, v in out.items() if k.startswith(("step1/term/", "step1/grad/"))}
+    return {k: v for k, v in out.items() if not k.startswith("init/")}
 
 
 def define_flags():
@@ -60,11 +59,18 @@ def main(argv):
     del argv
     import json
 
+    # Here, not at import: a process that only imports this module (the test that imports
+    # every entry point together) must keep float32 defaults for everything else it runs.
+    jax.config.update("jax_enable_x64", True)
+
     with np.load(FLAGS.inputs) as data:
         inputs = {k: data[k] for k in data.files}
     part = lambda prefix: {k[len(prefix) :]: v for k, v in inputs.items() if k.startswith(prefix)}
     cfg = json.loads(str(inputs["config"]))
-    out = first_update_float64(cfg, part("weights/"), part("batch/"), part("noise/"))
+    steps = cfg["steps"]
+    batches = [part(f"batch/{k}/") for k in range(steps)]
+    noises = [part(f"noise/{k}/") for k in range(steps)]
+    out = updates_float64(cfg, part("weights/"), batches, noises)
     tmp = FLAGS.out + ".tmp.npz"
     np.savez(tmp, **out)
     os.replace(tmp, FLAGS.out)

@@ -51,9 +51,10 @@ ACTION_DIM, TOUCH_DIM, IMAGE = 6, 2, 64  # walker
 # gradients and Adam moves each by up to its learning rate (6e-4 against weights of about
 # 0.1): later updates' terms and the last parameters are held to 5e-3 of the largest entry.
 TOLERANCE = {"first": ("norm", 1e-4), "later": ("max", 5e-3)}
-# With our first update also computed in float64 (`float64.py`), a first-update row may
-# instead be within this many times our own float32 error (ours in float32 against ours in
-# float64): rounding alone, whatever the computation, so a wrong computation still fails.
+# With our updates also computed in float64 (`float64.py`), a row may instead be within
+# this many times our own float32 error in the same norm (ours in float32 against ours in
+# float64): that error is rounding alone, whatever the computation, so a wrong computation
+# still fails.
 ROUNDING_FACTOR = 3.0
 
 SCALAR_TERMS = (
@@ -136,7 +137,8 @@ def walker_batches(cfg, seed, steps):
     the reference's missing data) from random-action episodes: data the harness did not
     make up."""
     from mummi_jax import envs
-    from mummi_jax.loop import Replay, run_episode
+    from mummi_jax.episodes import run_episode
+    from mummi_jax.replay import Replay
 
     B, T = cfg["batch"], cfg["length"]
     env = envs.make("walker_walk", seed=seed, image_size=64, missing="reference", missing_rate=0.05)
@@ -240,8 +242,8 @@ def _set_params(params, named: dict):
 def run_ours(agent, weights: dict, batches: list[dict], noise: list[dict], dtype=np.float32):
     """K updates of our train step from `weights` (our names); outputs in reference names.
 
-    With `dtype` float64 (`float64.py`) only the first update's terms and gradients are
-    computed, in that precision, and nothing is applied."""
+    `dtype` float64 (`float64.py`) casts the parameters and optimiser states up: with x64
+    on, the whole computation then runs in that precision."""
     import jax
 
     to_ref = dict(mapping.pairs())
@@ -249,11 +251,13 @@ def run_ours(agent, weights: dict, batches: list[dict], noise: list[dict], dtype
     params = _set_params(state.params, weights)
     if dtype != np.float32:
         params = jax.tree.map(lambda x: x.astype(dtype), params)
+        opt_state = {
+            name: opt.init(agent._trainable(params, name)) for name, opt in agent.optimizers.items()
+        }
+        state = state.replace(opt_state=opt_state)
     state = state.replace(params=params)
     out = {f"init/{to_ref[k]}": v for k, v in param_names(state.params).items()}
     out.update(first_update_terms(agent, state, batches[0], noise[0]))
-    if dtype != np.float32:
-        return out
     step = jax.jit(agent.update_with_noise)
     key = jax.random.key(1)
     for k, batch in enumerate(batches):
@@ -323,6 +327,26 @@ def _ours_terms(agent, metrics) -> dict:
     }
 
 
+def compare_initialisers(agent, reference_init: dict, seed: int) -> dict:
+    """Our initialisation against the reference's own, tensor by tensor: the ratio of
+    standard deviations (1 for the same distribution, up to sampling), whether a tensor is
+    all zeros on either side, and the worst ratio. Values differ (different generators);
+    distributions should not."""
+    import jax
+
+    ours = param_names(agent.init(jax.random.key(seed)).params)
+    ratios, zeros = {}, []
+    for name, ref in reference_init.items():
+        a, b = np.asarray(ours[name], np.float64), np.asarray(ref, np.float64)
+        if not a.any() or not b.any():
+            if a.any() != b.any():
+                zeros.append(name)
+            continue
+        ratios[name] = float(a.std() / b.std())
+    worst = max(ratios, key=lambda k: abs(math.log(ratios[k])))
+    return {"std_ratio": ratios, "zero_mismatch": zeros, "worst": [worst, ratios[worst]]}
+
+
 # ----------------------------------------------------------------------------- comparing
 def relative_error(ours, ref) -> float:
     """`max |ours - ref| / max |ref|`: the largest deviation against the tensor's scale, so
@@ -353,9 +377,10 @@ def compare(ours: dict, ref: dict, tolerance: dict = TOLERANCE, f64: dict | None
     norm-wise relative errors, and the criterion it is held to (`tolerance`: "first" for
     the first update's terms, gradients and parameters, "later" for the rest).
 
-    `f64`: our first update in float64 (`float64.py`); its rows get `ours_f32_error` (ours
-    in float32 against it, our rounding), `ref_f32_error` (the reference against it), and
-    pass within `ROUNDING_FACTOR` times our rounding when that is above the tolerance."""
+    `f64`: our updates in float64 (`float64.py`); its rows get `ours_f32_error` (ours in
+    float32 against it, in the row's criterion: our rounding), `ref_f32_error` (the
+    reference against it), and pass within `ROUNDING_FACTOR` times our rounding when that
+    is above the tolerance."""
     rows = []
     names = sorted(set(ours) & set(ref))
     missing = [n for n in sorted(set(ref) ^ set(ours)) if not n.startswith("init/")]
@@ -389,10 +414,10 @@ def compare(ours: dict, ref: dict, tolerance: dict = TOLERANCE, f64: dict | None
             tol=tol,
         )
         if f64 is not None and name in f64:
-            row["ours_f32_error"] = norm_error(ours[name], f64[name])
-            row["ref_f32_error"] = norm_error(ref[name], f64[name])
-            if criterion == "norm":
-                row["tol"] = tol = max(tol, ROUNDING_FACTOR * row["ours_f32_error"])
+            error = relative_error if criterion == "max" else norm_error
+            row["ours_f32_error"] = error(ours[name], f64[name])
+            row["ref_f32_error"] = error(ref[name], f64[name])
+            row["tol"] = tol = max(tol, ROUNDING_FACTOR * row["ours_f32_error"])
         row["ok"] = bool(value <= tol)
         rows.append(row)
     return rows

@@ -49,14 +49,6 @@ TASKS = {
 # MuMMI's camera 0 for cup is the low, level view, which is upstream's cam1; the released
 # code uses camera 2 for quadruped (reference-code.md §6.1/§6.2, environments.md §1.1).
 DEFAULT_CAMERA = {"ball_in_cup": 1, "quadruped": 2}
-# Touch site variants per domain; the first is the default.
-TOUCH_SITES = {
-    "walker": ("sole", "foot"),
-    "finger": ("fingertip",),
-    "ball_in_cup": ("bottom", "interior"),
-    "cheetah": ("foot",),
-    "quadruped": ("toe",),
-}
 COMPOSITES = ("segmentation", "red_threshold")
 
 # Our own site geometry (MuJoCo site attributes), in the named body's frame. group 4 is not
@@ -432,7 +424,7 @@ def make(
             f"unknown background_split {background_split!r}; valid: {', '.join(bg.SPLITS)}"
         )
     if "touch" in modalities:
-        valid = TOUCH_SITES.get(domain, ())
+        valid = task_info(name).touch_sites
         if not valid:
             raise ValueError(f"task {name!r} has no touch modality")
         touch_site = valid[0] if touch_site is None else touch_site

@@ -16,19 +16,23 @@ class TaskInfo:
     modalities: tuple[str, ...]  # default modalities
     optional: tuple[str, ...] = ()  # modalities available on request (e.g. proprio)
     mummi_table: bool = False  # one of MuMMI Table I's five tasks
+    touch_sites: tuple[str, ...] = ()  # where the touch sensor can sit; the first is the default
 
 
 _NATURAL = ("image", "depth", "touch")
+# Touch sites (envs/dmc.py builds them): walker "sole" is MuMMI-like, "foot" the whole foot;
+# cup "bottom" a disc on the cup's floor, "interior" its whole inner volume.
+_WALKER = ("sole", "foot")
 TASKS: dict[str, TaskInfo] = {
     # MuMMI's five multi-modal Natural MuJoCo tasks (Table I).
-    "walker_run": TaskInfo("dmc", _NATURAL, ("proprio",), True),
-    "walker_walk": TaskInfo("dmc", _NATURAL, ("proprio",), True),
-    "walker_stand": TaskInfo("dmc", _NATURAL, ("proprio",), True),
-    "finger_spin": TaskInfo("dmc", _NATURAL, ("proprio",), True),
-    "cup_catch": TaskInfo("dmc", _NATURAL, ("proprio",), True),
+    "walker_run": TaskInfo("dmc", _NATURAL, ("proprio",), True, _WALKER),
+    "walker_walk": TaskInfo("dmc", _NATURAL, ("proprio",), True, _WALKER),
+    "walker_stand": TaskInfo("dmc", _NATURAL, ("proprio",), True, _WALKER),
+    "finger_spin": TaskInfo("dmc", _NATURAL, ("proprio",), True, ("fingertip",)),
+    "cup_catch": TaskInfo("dmc", _NATURAL, ("proprio",), True, ("bottom", "interior")),
     # The rest of CVRL's ten Natural MuJoCo tasks.
-    "cheetah_run": TaskInfo("dmc", _NATURAL, ("proprio",)),
-    "quadruped_walk": TaskInfo("dmc", _NATURAL, ("proprio",)),
+    "cheetah_run": TaskInfo("dmc", _NATURAL, ("proprio",), touch_sites=("foot",)),
+    "quadruped_walk": TaskInfo("dmc", _NATURAL, ("proprio",), touch_sites=("toe",)),
     "cartpole_balance": TaskInfo("dmc", ("image", "depth"), ("proprio",)),
     "cartpole_swingup": TaskInfo("dmc", ("image", "depth"), ("proprio",)),
     "reacher_easy": TaskInfo("dmc", ("image", "depth"), ("proprio",)),

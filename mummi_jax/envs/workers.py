@@ -9,6 +9,9 @@ unless its kwargs name another `factory`.
     steps = pool.reset_all()              # list of dm_env.TimeStep
     steps = pool.step(actions)            # actions: sequence of (A,) arrays, one per env
     pool.close()
+
+`reseed`, `reset_many` and `step_many` (a subset of the envs) are the interface that
+`mummi_jax.episodes.run_episodes` plays through, shared with its in-process `EnvList`.
 """
 
 from __future__ import annotations
@@ -119,17 +122,30 @@ class EnvPool:
         return self._gather([i])[0]
 
     def reset_all(self):
-        for conn in self._conns:
-            conn.send(("reset", None))
-        return self._gather(range(len(self)))
+        return self.reset_many(range(len(self)))
 
     def step(self, actions):
         """One agent step in every env (in parallel); returns a list of TimeStep."""
         if len(actions) != len(self):
             raise ValueError(f"expected {len(self)} actions, got {len(actions)}")
-        for conn, action in zip(self._conns, actions, strict=True):
-            conn.send(("step", action))
-        return self._gather(range(len(self)))
+        return self.step_many(range(len(self)), actions)
+
+    def reseed(self, i: int, seed: int) -> None:
+        self.call(i, "reseed", int(seed))
+
+    def reset_many(self, indices):
+        """Resets envs `indices` (in parallel); returns their first TimeSteps."""
+        indices = list(indices)
+        for i in indices:
+            self._conns[i].send(("reset", None))
+        return self._gather(indices)
+
+    def step_many(self, indices, actions):
+        """One agent step in envs `indices` (in parallel), `actions` in the same order."""
+        indices = list(indices)
+        for i, action in zip(indices, actions, strict=True):
+            self._conns[i].send(("step", action))
+        return self._gather(indices)
 
     def call(self, i: int, method: str, *args):
         """Calls `env.method(*args)` in worker `i` (e.g. "missing_fraction")."""
