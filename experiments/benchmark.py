@@ -3,6 +3,8 @@
     python -m experiments.benchmark --what=env
     python -m experiments.benchmark --what=train_step --size=paper
     python -m experiments.benchmark --what=loop | acting | sweep | wipe
+    python -m experiments.benchmark --what=reference --size=paper --reference=MuMMI \
+        --tf_python=tfenv/bin/python      # the released code's update beside ours
 
 Each `--what` lives in `experiments/bench/<what>.py` as `run(flags) -> iterable of dicts`.
 Record results in BENCHMARKS.md with the command, machine and date.
@@ -16,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe")
+WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe", "reference")
 FLAGS = flags.FLAGS
 
 
@@ -36,10 +38,19 @@ def define_flags():
     )
     flags.DEFINE_multi_string("set", [], "Config override section.key=value (model benchmarks).")
     flags.DEFINE_list("seeds_list", ["1", "2", "4", "8"], "Seed counts for --what=sweep.")
+    flags.DEFINE_string("reference", None, "--what=reference: a checkout of clear-nus/MuMMI.")
+    flags.DEFINE_string(
+        "tf_python", None, "--what=reference: the Python of an environment with TensorFlow 2.15."
+    )
+    flags.DEFINE_bool(
+        "reference_decoders",
+        True,
+        "--what=reference: also time the released code with its dead decoders.",
+    )
 
 
 # Benchmarks that build a model from --method/--size/--set (the others time environments).
-MODEL_WHATS = ("train_step", "acting", "loop", "sweep")
+MODEL_WHATS = ("train_step", "acting", "loop", "sweep", "reference")
 
 
 def check_flags(flag_values) -> None:

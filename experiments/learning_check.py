@@ -10,8 +10,9 @@ same episode seeds, and passes when
 
     mean(agent) >= mean(random) + --margin   and   mean(agent) >= 2 * mean(random).
 
-Writes `<logdir>/learning_check.json` and exits 1 when the check fails. Measured figures are
-in BENCHMARKS.md ("Learning check").
+Prints one JSON line (agent and random mean returns, their ratio, `passed`), writes
+`<logdir>/learning_check.json` (with every episode's return) and exits 1 when the check
+fails. Measured figures are in BENCHMARKS.md ("Learning check").
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def check(config, logdir, episodes, margin, progress=False) -> dict:
         "updates": counters[0]["updates"],
         "agent": {"mean": a, "std": float(np.std(trained)), "returns": trained},
         "random": {"mean": r, "std": float(np.std(rand)), "returns": rand},
+        "ratio": a / r if r > 0 else float("inf"),
         "margin_required": margin,
         "passed": bool(a >= r + margin and a >= 2 * r),
     }
@@ -102,13 +104,13 @@ def main(argv):
     except (FloatingPointError, MemoryError, RuntimeError) as e:  # e.g. a corrupt checkpoint
         print(f"error: {e}", file=sys.stderr)
         return 1
-    a, r = result["agent"], result["random"]
-    print(
-        f"{result['method']} on {result['task']} after {result['env_steps']} env steps: "
-        f"{a['mean']:.1f} +- {a['std']:.1f}; random {r['mean']:.1f} +- {r['std']:.1f} "
-        f"({FLAGS.episodes} episodes each); "
-        f"{'PASS' if result['passed'] else 'FAIL'} (margin {FLAGS.margin:g})"
-    )
+    # One JSON line (the per-episode returns are in <logdir>/learning_check.json).
+    line = {k: v for k, v in result.items() if k not in ("agent", "random")}
+    for who in ("agent", "random"):
+        line[who] = round(result[who]["mean"], 3)
+        line[f"{who}_std"] = round(result[who]["std"], 3)
+    line["episodes"] = FLAGS.episodes
+    print(json.dumps(line))
     return 0 if result["passed"] else 1
 
 

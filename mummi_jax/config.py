@@ -183,6 +183,13 @@ class TrainConfig:
     prefill_episodes: int = 5
     train_every: int = 1000  # env steps
     train_steps: int = 100  # updates per phase
+    # What happens once the prefill is done (reference-code.md §7.1): "pretrain" runs one phase
+    # of `pretrain` updates and then one phase per `train_every` env steps from there, as the
+    # released code's `Every` does (it fires once at the end of the prefill, with its own
+    # pretrain count); "catch_up" counts `train_every` from env step 0, so the prefill's env
+    # steps are paid for at once (5 phases, 500 updates, at the paper's size).
+    after_prefill: str = "pretrain"
+    pretrain: int = 100  # updates of that first phase ("pretrain")
     updates_per_call: int = 10  # K updates scanned inside one jitted call
     eval_every: int = 10_000  # env steps
     eval_episodes: int = 1
@@ -565,7 +572,10 @@ def make_config(
         config = override(config, {key: value})
     if size == "tiny":
         config = _tiny(config)
-    # Preset weights name every modality a suite can have; keep the ones this task has.
+    # Preset weights name every modality a suite can have; keep the ones this run has, which
+    # an override of env.modalities decides (weights the user sets are checked, not trimmed).
+    overrides = overrides if isinstance(overrides, dict) else list(overrides)
+    modalities = task_modalities(task, override(config, overrides).env.modalities)
     config = _restrict_weights(config, modalities)
     config = override(config, overrides)
     modalities = task_modalities(task, config.env.modalities)
@@ -598,6 +608,7 @@ def _restrict_rep(config: Config, modalities) -> Config:
 
 
 CONV_IMPLS = ("auto", "xla", "matmul")
+AFTER_PREFILL = ("pretrain", "catch_up")
 
 
 def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
@@ -702,6 +713,12 @@ def _check_ranges(config: Config) -> None:
         if not 0 <= rate <= 1:
             raise ValueError(f"env.missing_test={config.env.missing_test}: each rate in [0, 1]")
     t = config.train
+    _check_choice("train.after_prefill", t.after_prefill, AFTER_PREFILL)
+    if t.after_prefill == "pretrain" and (t.pretrain < 1 or t.pretrain % t.updates_per_call):
+        raise ValueError(
+            f"train.pretrain={t.pretrain} must be a positive multiple of train.updates_per_call="
+            f"{t.updates_per_call}; e.g. train.pretrain={t.train_steps}"
+        )
     if t.train_steps % t.updates_per_call:
         raise ValueError(
             f"train.train_steps={t.train_steps} is not a multiple of train.updates_per_call="

@@ -368,25 +368,35 @@ class Runner:
     def _train_due(self, stacked, counters, active):
         """Every train phase the seeds' counters ask for: one per `train.train_every` env steps
         since the last, once a seed's prefill is done. Phases run for all seeds together,
-        a seed needing fewer sitting the later ones out (masked)."""
+        a seed needing fewer sitting the later ones out (masked).
+
+        With `train.after_prefill="pretrain"` a seed's first phase (no update yet) has
+        `train.pretrain` updates and restarts the count at its env steps (the released code's
+        `Every`); with "catch_up" the count runs from env step 0."""
         t = self.config.train
+        ready = [i for i in active if counters[i]["episodes"] >= t.prefill_episodes]
+        if t.after_prefill == "pretrain":
+            first = [i for i in ready if counters[i]["updates"] == 0]
+            if first:
+                stacked = self._train_phase(stacked, counters, first, t.pretrain)
+                for i in first:
+                    counters[i]["last_train"] = counters[i]["env_steps"]
         need = [0] * len(self.seeds)
-        for i in active:
+        for i in ready:
             c = counters[i]
-            if c["episodes"] >= t.prefill_episodes:
-                need[i] = max(0, (c["env_steps"] - c["last_train"]) // t.train_every)
+            need[i] = max(0, (c["env_steps"] - c["last_train"]) // t.train_every)
         for phase in range(max(need)):
             on = [i for i, k in enumerate(need) if k > phase]
-            stacked = self._train_phase(stacked, counters, on)
+            stacked = self._train_phase(stacked, counters, on, t.train_steps)
             for i in on:
                 counters[i]["last_train"] += t.train_every
         return stacked
 
-    def _train_phase(self, stacked, counters, on):
-        """One train phase (`train.train_steps` updates) for the seeds in `on`: one vmapped
-        call per `updates_per_call`; writes each trained seed's averaged metrics."""
+    def _train_phase(self, stacked, counters, on, updates):
+        """One train phase (`updates` updates) for the seeds in `on`: one vmapped call per
+        `updates_per_call`; writes each trained seed's averaged metrics."""
         t = self.config.train
-        calls = t.train_steps // t.updates_per_call
+        calls = updates // t.updates_per_call
         active = np.isin(np.arange(len(self.seeds)), on)
         sums = {i: None for i in on}
         t0 = time.time()

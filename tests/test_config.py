@@ -151,3 +151,18 @@ def test_touch_site_reaches_the_environment_for_every_task_with_a_choice(tmp_pat
     # A background folder that exists is accepted; a toy task ignores the option.
     C.make_config("mummi", "walker_walk", overrides=[f"env.background={tmp_path}"])
     C.make_config("mummi", "toy_xy", overrides=["env.background=/no/such/folder"])
+
+
+def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users():
+    # The preset's loss weights name image, depth and touch; a run on proprio alone keeps none
+    # of them instead of failing on a modality it does not have.
+    c = C.make_config("mummi", "walker_walk", "tiny", overrides=["env.modalities=proprio"])
+    assert c.env.modalities == "proprio" or tuple(c.env.modalities) == ("proprio",)
+    assert "image" not in c.loss.weights
+    with pytest.raises(ValueError, match="image"):
+        C.make_config(
+            "mummi",
+            "walker_walk",
+            "tiny",
+            overrides=["env.modalities=proprio", "loss.weights=image=1"],
+        )

@@ -247,3 +247,48 @@ def test_the_library_imports_form_no_circle_and_keep_the_walls():
     # The library never imports the entry points.
     sources = "".join(p.read_text() for p in (ROOT / "mummi_jax").rglob("*.py"))
     assert not re.search(r"^\s*(from|import) experiments", sources, re.M)
+
+
+# ----------------------------------------------------------------------------- schedule
+def _schedule(after_prefill, episodes_env_steps, **train):
+    """The train phases `Runner._train_due` runs for one seed whose episodes end at the given
+    env steps: a list of (env step, updates)."""
+    from types import SimpleNamespace
+
+    from mummi_jax import config as C
+    from mummi_jax.runner import Runner, fresh_counters
+
+    over = {"train.after_prefill": after_prefill, **{f"train.{k}": v for k, v in train.items()}}
+    config = C.make_config("mummi", "toy_xy", "tiny", overrides=over)
+    phases = []
+
+    def phase(stacked, counters, on, updates):
+        phases.append((counters[0]["env_steps"], updates))
+        counters[0]["updates"] += updates
+        return stacked
+
+    fake = SimpleNamespace(config=config, seeds=[0], _train_phase=phase)
+    counters = [fresh_counters()]
+    for episode, env_steps in enumerate(episodes_env_steps, 1):
+        counters[0].update(episodes=episode, env_steps=env_steps)
+        Runner._train_due(fake, None, counters, [0])
+    return phases
+
+
+def test_after_prefill_pretrain_trains_once_then_counts_from_there_as_the_released_code():
+    # Paper-like: 5 prefill episodes of 1000 env steps, train every 1000, 100 updates.
+    ends = [1000, 2000, 3000, 4000, 5000, 6000, 7000]
+    common = dict(prefill_episodes=5, train_every=1000, train_steps=100, pretrain=20)
+    assert _schedule("pretrain", ends, **common) == [(5000, 20), (6000, 100), (7000, 100)]
+    # catch_up pays for the prefill's env steps at once: 5 phases at the end of the prefill.
+    assert _schedule("catch_up", ends, **common) == [(5000, 100)] * 5 + [
+        (6000, 100),
+        (7000, 100),
+    ]
+
+
+def test_pretrain_must_be_a_multiple_of_the_updates_per_call():
+    from mummi_jax import config as C
+
+    with pytest.raises(ValueError, match=r"train.pretrain=7 .* train.updates_per_call=5"):
+        C.make_config("mummi", "toy_xy", "tiny", overrides={"train.pretrain": 7})

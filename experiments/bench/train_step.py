@@ -8,7 +8,8 @@ world-model gradient and the imagination actor/value gradients.
 
 On a CPU the process's allocator matters (BENCHMARKS.md, "One update"): glibc hands the
 step's multi-GB temporaries back to the kernel and faults them in again on every call, while
-tcmalloc or jemalloc keep them. The record names the allocator found in the process.
+tcmalloc or jemalloc keep them, and so does glibc once told (`mummi_jax.host_memory`, which
+every entry point applies unless `MUMMI_JAX_MALLOPT=0`). The record names the allocator.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def allocator() -> str:
     for name in ("tcmalloc", "jemalloc", "mimalloc"):
         if f"lib{name}" in maps:
             return name
-    return "glibc"
+    from mummi_jax import host_memory
+
+    # glibc told to keep freed memory (the entry points' default) or as it comes.
+    return "glibc+mallopt" if host_memory.keep_freed_memory() else "glibc"
 
 
 def _timed(fn, *args, repeats):

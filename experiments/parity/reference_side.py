@@ -159,11 +159,32 @@ class _DynamicsRecorder(_Recorder):
         return post, prior
 
 
-def build(args, cfg):
+class _NoDecoder:
+    """Stands in for a conv decoder whose output the update never uses: its `mode()` is only
+    traced, in the image-summary branch that autograph builds but never runs."""
+
+    def __init__(self, tf, *args, shape=(64, 64, 3), **kwargs):
+        self._tf, self._shape = tf, tuple(shape)
+
+    def __call__(self, feat):
+        tf, shape = self._tf, self._shape
+        zeros = lambda: tf.zeros(tf.concat([tf.shape(feat)[:-1], shape], 0), feat.dtype)
+        return types.SimpleNamespace(mode=zeros)
+
+
+def build(args, cfg, eager_rssm=True, dead_decoders=True):
+    """The reference agent at `cfg`'s sizes, float32, its variables built on
+    `cfg["first_batch"]`. `eager_rssm` unwraps the RSSM's `tf.function`s (so that the parity
+    recorder sees values; timing keeps them); `dead_decoders=False` builds it with its two
+    conv decoders replaced by no-ops: they run inside the model tape but feed nothing of the
+    update (reference-parity.md), and XLA would prune them."""
     tf, tfd, tools, models, mummi = import_reference(args.checkout)
-    for name in ("observe", "imagine", "obs_step", "img_step"):
-        fn = getattr(models.RSSM, name)
-        setattr(models.RSSM, name, getattr(fn, "python_function", fn))
+    if eager_rssm:
+        for name in ("observe", "imagine", "obs_step", "img_step"):
+            fn = getattr(models.RSSM, name)
+            setattr(models.RSSM, name, getattr(fn, "python_function", fn))
+    if not dead_decoders:
+        models.ConvDecoder = functools.partial(_NoDecoder, tf)
 
     config = mummi.define_config()
     config.precision = 32

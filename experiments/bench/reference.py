@@ -1,0 +1,157 @@
+"""`--what=reference`: the released code's update and ours, side by side, alternating.
+
+    python -m experiments.benchmark --what=reference --reference=MuMMI --tf_python=tfenv/bin/python
+
+Starts the released code in its TensorFlow environment (`experiments/parity/reference_timing.py`,
+the user's checkout, nothing copied) twice, as released and without its dead conv decoders
+(they run inside its model tape but feed nothing; XLA prunes ours), and our MuMMI train step
+at the same size (`--size=paper`: B = T = 50, H = 15, walker shapes, float32, world model +
+actor + value), then times one update of each in turn, `--repeats` rounds, so that the
+machine's drift falls on all three alike. Prints a float32 GEMM's rate measured in the same
+process first, each side's median and range, and the ratios; the CPU target is
+`ratio_vs_no_decoders` <= 1.0 (ours by default, no preloaded allocator, no flags).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.bench import train_step as ts
+
+
+def gemm_gflops(n=2048, repeats=5) -> float:
+    """Median float32 n^3 matmul rate through XLA in this process (the machine's yardstick)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    mm = jax.jit(lambda x, y: x @ y)
+    seconds = ts._timed(mm, a, a, repeats=repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+class ReferenceProcess:
+    """The released code's update in a TensorFlow process, one update per `step()`."""
+
+    def __init__(self, checkout, tf_python, size, decoders: bool):
+        script = os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "parity",
+            "reference_timing.py",
+        )
+        cmd = [tf_python, script, f"--checkout={checkout}", f"--size={size}"]
+        if not decoders:
+            cmd.append("--no_decoders")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        line = self._read()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"the reference did not start: {line!r}")
+        _, self.build_seconds, self.second_call_seconds = line.split()
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise RuntimeError(
+                f"the reference timing process ended (exit {code}); its error is above"
+            )
+        return line.strip()
+
+    def step(self) -> float:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        line = self._read()
+        return float(line.split()[1])
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def _summary(times):
+    return {
+        "median": float(np.median(times)),
+        "min": float(np.min(times)),
+        "max": float(np.max(times)),
+        "all": [round(t, 4) for t in times],
+    }
+
+
+def run(flags):
+    from experiments.parity import harness
+    from experiments.parity.__main__ import check_reference, reference_version
+    from mummi_jax import config as C
+
+    problem = check_reference(flags.reference, flags.tf_python)
+    if problem:
+        raise RuntimeError(problem)
+    # Both sides at the parity harness's sizes: `tiny` times its `small` (B 4, T 8, small nets).
+    size = "paper" if flags.size == "paper" else "small"
+    repeats = flags.repeats or 5
+    yield {"what": "reference/gemm", "n": 2048, "gflops": gemm_gflops()}
+
+    sides = {}
+    sides["reference_no_decoders"] = ReferenceProcess(
+        flags.reference, flags.tf_python, size, decoders=False
+    )
+    if flags.reference_decoders:
+        sides["reference"] = ReferenceProcess(flags.reference, flags.tf_python, size, decoders=True)
+    try:
+        agent = harness.make_agent(harness.make_config(size, 1), flags.set)
+        cfg, spec = agent.config, ts._spec(64)
+        batch = jax.device_put(ts._batch(agent, spec, 1, cfg.train.batch, cfg.train.length))
+        state = agent.init(jax.random.key(0))
+        t0 = time.perf_counter()
+        state, metrics = agent.train(state, batch)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+
+        def ours():
+            nonlocal state
+            t = time.perf_counter()
+            state, m = agent.train(state, batch)
+            jax.block_until_ready(m)
+            return time.perf_counter() - t
+
+        ours()  # one more untimed call on each side: page faults of first use, caches
+        for side in sides.values():
+            side.step()
+        times = {name: [] for name in (*sides, "ours")}
+        for _ in range(repeats):
+            for name, side in sides.items():
+                times[name].append(side.step())
+                if name == "reference_no_decoders":
+                    times["ours"].append(ours())
+        record = {
+            "what": "reference",
+            "size": size,
+            "B": cfg.train.batch,
+            "T": cfg.train.length,
+            "H": cfg.behavior.horizon,
+            "repeats": repeats,
+            "reference_commit": reference_version(flags.reference),
+            "allocator": ts.allocator(),
+            "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),
+            "ours_compile_seconds": compile_s,
+            "ours_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        for name, values in times.items():
+            record[f"{name}_seconds"] = _summary(values)
+        ref = record["reference_no_decoders_seconds"]["median"]
+        record["ratio_vs_no_decoders"] = record["ours_seconds"]["median"] / ref
+        if "reference" in times:
+            full = record["reference_seconds"]["median"]
+            record["ratio_vs_released"] = record["ours_seconds"]["median"] / full
+        yield record
+    finally:
+        for side in sides.values():
+            side.close()

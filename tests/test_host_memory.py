@@ -1,0 +1,43 @@
+"""glibc told to keep freed memory: a freed 256 MB block is reused without faulting it in."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import json, os, resource, sys
+from mummi_jax import host_memory
+applied = host_memory.keep_freed_memory() if sys.argv[1] == "1" else False
+import numpy as np
+def faults_of_one_block():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.empty(256 * 2**20, np.uint8); a[::4096] = 1; del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_one_block()
+print(json.dumps({"applied": applied, "faults": min(faults_of_one_block() for _ in range(3))}))
+"""
+
+
+def _probe(on: bool) -> dict:
+    # Small pages (numpy would ask for huge ones), so that faults count pages.
+    env = {"MUMMI_JAX_MALLOPT": "1", "NUMPY_MADVISE_HUGEPAGE": "0", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "1" if on else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_blocks_stay_mapped_with_keep_freed_memory_and_not_without():
+    kept, default = _probe(True), _probe(False)
+    assert kept["applied"] is True
+    # 256 MB is 65,536 pages: glibc unmaps such a block on free, so it faults in again each
+    # time; kept, it is reused as it is.
+    assert default["faults"] > 30_000, default
+    assert kept["faults"] < 1_000, kept
