@@ -6,7 +6,8 @@ at build time; the jitted code calls plain functions from the model core.
 
 One update (`train_fn`, scanned K times per call):
   1. world model (MuMMI eq. 17 / eq. 10 / CVRL eq. 4 / CoRAL eq. 3-4): encoders ->
-     experts -> fusion -> `mssm.observe` (lax.scan over T) -> KL + reward + representation;
+     experts -> fusion -> `mssm.observe` (lax.scan over T) -> KL + reward + the chosen
+     representation objectives' terms (`objectives.OBJECTIVES`, one per modality);
   2. behaviour from the same pre-update parameters (reference-code.md §5.3): imagination
      actor-critic (MuMMI app. A, eq. 18-19) from every posterior state, and/or latent SAC
      (CVRL's hybrid term, CoRAL's model-free agent);
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, losses, mpc, optim, sac
+from mummi_jax import behavior, losses, mpc, objectives, optim, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
@@ -165,21 +166,29 @@ class Agent:
         return opts
 
     def _wm_optimizer(self, adam):
-        """CoRAL trains its temperature with its own learning rate (coral.md §3.3)."""
-        if not any(r.startswith("coral") for r in self.rep.values()):
-            return adam(self.config.optim.model_lr)
+        """Adam over the world model; parameters an objective labels (CoRAL's temperature,
+        coral.md §3.3) train at that objective's own learning rate."""
         o = self.config.optim
-        scale = self.config.loss.coral_temp_lr / o.model_lr
+        chosen = [obj for obj in self.nets.objectives.values() if obj.label is not None]
+        if not chosen:
+            return adam(o.model_lr)
+        rates = {}
+        for obj in chosen:
+            rates.update(obj.learning_rates(self.config))
 
-        def labels(tree):
-            return jax.tree_util.tree_map_with_path(
-                lambda path, _: "temp" if "temperature" in jax.tree_util.keystr(path) else "net",
-                tree,
-            )
+        def label(path, _):
+            key = jax.tree_util.keystr(path)
+            return next((x for obj in chosen if (x := obj.label(key)) is not None), "net")
 
+        # Adam's update is linear in the learning rate, so scaling it after the chain is the
+        # same as a separate Adam at the label's rate (and keeps one clip over all of them).
+        scales = {x: optax.scale(lr / o.model_lr) for x, lr in rates.items()}
         return optax.chain(
-            optim.clipped_adam(o.model_lr, o.eps, o.clip, o.adam),
-            optax.multi_transform({"net": optax.identity(), "temp": optax.scale(scale)}, labels),
+            adam(o.model_lr),
+            optax.multi_transform(
+                {"net": optax.identity(), **scales},
+                lambda tree: jax.tree_util.tree_map_with_path(label, tree),
+            ),
         )
 
     def initial_carry(self, n: int) -> dict:
@@ -324,9 +333,12 @@ class Agent:
         reward_loss = losses.reward_loss(reward_pred, batch["reward"].astype(jnp.float32))
         total = kl_loss + c.loss.reward_scale * reward_loss
         metrics.update({"wm/kl": kl_value, "wm/kl_loss": kl_loss, "wm/reward": reward_loss})
-        rep_loss, rep_metrics = self._representation_loss(
-            wm_params, obs, flags, embeds, fused, experts, post, prior, feat, k_rep
-        )
+        ctx = objectives.LossContext(
+            params=wm_params, wm=nets, obs=obs, flags=flags, embeds=embeds, fused=fused,
+            experts=experts, post=post, prior=prior, feat=feat, config=c, key=k_rep,
+            weights={**self.weights, "fused": self.weights_fused},
+        )  # fmt: skip
+        rep_loss, rep_metrics = self._representation_loss(ctx)
         total = total + rep_loss
         metrics.update(rep_metrics)
         metrics["wm/loss"] = total
@@ -335,57 +347,14 @@ class Agent:
         aux = {"post": post, "prior": prior, "experts": experts, "fused": fused}
         return total, {**aux, "metrics": metrics}
 
-    def _representation_loss(self, p, obs, flags, embeds, fused, experts, post, prior, feat, key):
-        """Sum over modalities of lambda^m * L_rep^m (MuMMI eq. 17, and the baselines)."""
-        c = self.config
-        nets = self.nets
+    def _representation_loss(self, ctx: objectives.LossContext):
+        """Sum over modalities of lambda^m * L_rep^m (MuMMI eq. 17, and the baselines): each
+        chosen objective's weighted term, in registry order (objectives.py)."""
         total, metrics = 0.0, {}
-        groups: dict[str, list[str]] = {}
-        for m in self.modalities:
-            groups.setdefault(self.rep[m], []).append(m)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])  # (B, T, ...) -> (N, ...)
-        if "mummi" in groups:
-            z = flat(nets.g(p, feat))
-            for m in groups["mummi"]:
-                loss = losses.mummi_nce(
-                    z, flat(experts[m][0]), flat(flags[m]), c.loss.nce_mask, c.loss.nce_mean
-                )
-                metrics[f"wm/nce/{m}"] = loss
-                total = total + self.weights[m] * loss
-        if "mummi_b" in groups:
-            z = flat(nets.g(p, feat))
-            present = functools.reduce(jnp.maximum, [flags[m] for m in self.modalities])
-            loss = losses.mummi_nce(z, flat(fused), flat(present), c.loss.nce_mask, c.loss.nce_mean)
-            metrics["wm/nce/fused"] = loss
-            total = total + self.weights_fused * loss
-        if "bilinear_nce" in groups:
-            ms = groups["bilinear_nce"]
-            x = jnp.concatenate([embeds[m] for m in ms], axis=-1)
-            zs, xs = nets.cvrl_scores(p, feat, x)
-            present = functools.reduce(jnp.maximum, [flags[m] for m in ms])
-            # The released CVRL code masks nothing: a missing step's positive is a blank input.
-            mask = None if c.fidelity == "reference" else flat(present)
-            loss = losses.cvrl_nce(flat(zs), flat(xs), mask=mask, bilinear=nets.cvrl_bilinear(p))
-            metrics["wm/nce/concat"] = loss
+        for name, modalities in objectives.groups(self.rep).items():
+            loss, m = self.nets.objectives[name].loss(ctx, modalities)
             total = total + loss
-        if "recon" in groups:
-            recon = nets.decode(p, feat, groups["recon"])
-            for m in groups["recon"]:
-                loss = losses.reconstruction_loss(recon[m], obs[m], flags[m])
-                metrics[f"wm/recon/{m}"] = loss
-                total = total + self.weights[m] * loss
-        for variant in ("coral_v", "coral_p"):
-            if variant not in groups:
-                continue
-            state_feat = feat if variant == "coral_v" else mssm.features(prior)
-            for m in groups[variant]:
-                e, f, fl = embeds[m], state_feat, flags[m]
-                if variant == "coral_p":  # the t=0 prior comes from the zero state (coral.md §3.1)
-                    e, f, fl = e[:, 1:], f[:, 1:], fl[:, 1:]
-                obs_proj, state_proj, temp = nets.coral_project(p, m, e, f)
-                loss = losses.coral_nce(flat(obs_proj), flat(state_proj), temp, mask=flat(fl))
-                metrics[f"wm/nce/{m}"] = loss
-                total = total + self.weights[m] * loss
+            metrics.update(m)
         return total, metrics
 
     # ------------------------------------------------------------------ behaviour

@@ -8,19 +8,21 @@ parameter counts are easy to report), used by `agent.py`:
 - `fuse(p, embeds, flags, key)` -> s^f (PoE over experts q(s^f|x^m), eq. 11, or concat);
 - `state_noise(key, lead, batch)` -> the standard-normal draws of the RSSM's samples;
 - `observe(p, fused, actions, is_first, noise)` -> posterior and prior states over (B, T);
-- `obs_step` / `img_step` for acting and imagination; `reward`, `g`, decoders, heads.
+- `obs_step` / `img_step` for acting and imagination; `reward`;
+- `apply(p, name, ...)` for the representation heads (`g`, `cvrl`, `dec_<m>`, `coral_<m>`),
+  which the objectives chosen in `rep` build and initialise (`objectives.py`).
 
-Modules live in `networks.py`; the time loop in `mssm.py`.
+Modules live in `networks.py`; the time loop in `observe` below.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
 
-from mummi_jax import networks
+from mummi_jax import networks, objectives
 from mummi_jax.config import Config, resolve_conv_impl
 from mummi_jax.distributions import product_of_experts, sample
 
@@ -104,24 +106,19 @@ class WorldModel:
                 )
         mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std)
         mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1)
-        reps = set(self.rep.values())
-        if reps & {"mummi", "mummi_b"}:
-            mods["g"] = networks.GHead(m.fused, m.g_activation)
-        if "bilinear_nce" in reps:
-            mods["cvrl"] = networks.CVRLHeads(m.cvrl_head, m.cvrl_obs_hidden, m.cvrl_state_hidden)
-        for name, loss in self.rep.items():
-            if loss == "recon":
-                shape = self.shapes[name]
-                if len(shape) == 3:
-                    mods[f"dec_{name}"] = networks.ImageDecoder(
-                        shape[0], shape[-1], m.cnn_depth, dtype, conv
-                    )
-                else:
-                    mods[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)
-            elif loss.startswith("coral"):
-                mods[f"coral_{name}"] = networks.CoRALHeads(
-                    m.coral_proj, m.coral_state_hidden, c.loss.coral_temp_init
-                )
+        # Representation heads (objectives.py): heads shared over modalities first, in
+        # registry order, then each modality's own, in the task's order. `init` draws their
+        # keys in this order, the order they had before the registry, so seeds keep their params.
+        groups = objectives.groups(self.rep)
+        self.objectives = {name: objectives.OBJECTIVES[name] for name in groups}
+        shared = [(n, ms) for n, ms in groups.items() if not self.objectives[n].per_modality]
+        own = [(n, [x]) for x, n in self.rep.items() if self.objectives[n].per_modality]
+        resolved = replace(c, model=replace(m, conv_impl=conv))
+        self.heads = []  # (objective name, its modalities, its module names), in init order
+        for name, modalities in shared + own:
+            built = self.objectives[name].build(resolved, self.shapes, modalities)
+            mods.update(built)
+            self.heads.append((name, modalities, list(built)))
         self.modules = mods
         self.feat_size = m.stoch + m.deter
         self.actor = networks.DenseHead(m.units, m.actor_layers, 2 * self.action_dim)
@@ -153,18 +150,11 @@ class WorldModel:
         )
         feat = jnp.zeros((1, self.feat_size))
         params["reward"] = self.modules["reward"].init(next(keys), feat)
-        if "g" in self.modules:
-            params["g"] = self.modules["g"].init(next(keys), feat)
-        if "cvrl" in self.modules:
-            x = jnp.zeros((1, sum(e.shape[-1] for e in embeds.values())))
-            params["cvrl"] = self.modules["cvrl"].init(next(keys), feat, x)
-        for name in self.shapes:
-            if f"dec_{name}" in self.modules:
-                params[f"dec_{name}"] = self.modules[f"dec_{name}"].init(next(keys), feat)
-            if f"coral_{name}" in self.modules:
-                params[f"coral_{name}"] = self.modules[f"coral_{name}"].init(
-                    next(keys), embeds[name], feat
-                )
+        for objective, modalities, names in self.heads:
+            heads = {name: self.modules[name] for name in names}
+            head_keys = {name: next(keys) for name in names}
+            head_embeds = {x: embeds[x] for x in modalities}
+            params.update(self.objectives[objective].init(heads, head_keys, head_embeds, feat))
         return params
 
     # ------------------------------------------------------------------ pure functions
@@ -234,22 +224,9 @@ class WorldModel:
     def reward(self, p, feat):
         return self.modules["reward"].apply(p["reward"], feat)[..., 0]
 
-    def g(self, p, feat):
-        return self.modules["g"].apply(p["g"], feat)
-
-    def cvrl_scores(self, p, feat, x):
-        return self.modules["cvrl"].apply(p["cvrl"], feat, x)
-
-    def cvrl_bilinear(self, p):
-        return (
-            p["cvrl"]["params"].get("bilinear") if self.config.model.cvrl_head == "paper" else None
-        )
-
-    def decode(self, p, feat, modalities):
-        return {m: self.modules[f"dec_{m}"].apply(p[f"dec_{m}"], feat) for m in modalities}
-
-    def coral_project(self, p, m, embed, feat):
-        return self.modules[f"coral_{m}"].apply(p[f"coral_{m}"], embed, feat)
+    def apply(self, p, name, *args, **kwargs):
+        """Applies module `name` (a representation head: `g`, `cvrl`, `dec_<m>`, ...)."""
+        return self.modules[name].apply(p[name], *args, **kwargs)
 
 
 def build_world_model(config: Config, shapes: dict, action_dim: int, rep: dict) -> WorldModel:

@@ -287,7 +287,7 @@ def first_update_terms(agent, state, batch, noise) -> dict:
         out[f"step1/term/post/{key}"] = np.asarray(aux["post"][key])
         out[f"step1/term/prior/{key}"] = np.asarray(aux["prior"][key])
     out["step1/term/kl"] = np.float64(metrics["wm/kl"])
-    out["step1/term/g"] = np.asarray(agent.nets.g(wm, features(aux["post"])))
+    out["step1/term/g"] = np.asarray(agent.nets.apply(wm, "g", features(aux["post"])))
     feats = aux["imagine"]["feats"]
     out["step1/term/imagine/feat"] = np.asarray(feats)
     rewards = agent.nets.reward(wm, feats)
