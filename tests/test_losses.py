@@ -104,6 +104,24 @@ def test_mummi_prefers_aligned_pairs():
     assert aligned < 0.01 < math.log(4) < shuffled
 
 
+def test_mummi_ignores_expert_offsets_outside_the_experts_own_span():
+    # Why eq. 15-16 alone do not put two experts in one space (README, "Toy experiment"):
+    # moving mu by c changes logit_ij by 2 g_i.c - ||c||^2 (a row constant) - 2 c.mu_j,
+    # which is constant over j when c is orthogonal to every mu_j - mu_k. Experts that vary
+    # in the first 3 of 8 dims: an offset in the other 5 costs nothing, one inside costs.
+    rng = np.random.default_rng(7)
+    x = np.zeros((12, 8), np.float32)
+    x[:, :3] = rng.normal(size=(12, 3))
+    z = (x + 0.3 * rng.normal(size=x.shape)).astype(np.float32)
+    base = losses.mummi_nce(z, x, None)
+    outside = np.zeros(8, np.float32)
+    outside[3:] = 5.0
+    inside = np.zeros(8, np.float32)
+    inside[:3] = 0.5
+    np.testing.assert_allclose(losses.mummi_nce(z, x + outside, None), base, rtol=1e-4)
+    assert abs(float(losses.mummi_nce(z, x + inside, None)) - float(base)) > 0.05
+
+
 def test_mummi_half_precision_inputs_are_evaluated_in_float32():
     z, x = (a.astype(jnp.bfloat16) for a in random_pair(4, n=5, d=8))
     loss = losses.mummi_nce(z, x, None)

@@ -88,6 +88,17 @@ def test_pca_keeps_the_two_main_axes():
     np.testing.assert_allclose(np.std(proj, axis=0), np.std(pts[:, :2], axis=0), rtol=0.05)
 
 
+def test_both_methods_get_the_drops_and_image_size_they_are_given():
+    # The Fig. 1 comparison differs in the objective only: the same train-time drops.
+    for method, preset in tl.METHODS.items():
+        config = tl.make_config(method, "toy_position_camera", 0, 0.2)
+        assert config.method == preset
+        assert config.loss.modality_drop == 0.2 and config.env.image_size == 64
+        assert config.env.missing == "none"
+    clean = tl.make_config("mummi", "toy_position_camera", 0, 0.0, image_size=32)
+    assert clean.loss.modality_drop == 0.0 and clean.env.image_size == 32
+
+
 def test_end_to_end_smoke(tmp_path):
     out = tmp_path / "run"
     summary = tl.run(
@@ -118,6 +129,8 @@ def test_end_to_end_smoke(tmp_path):
     saved = json.loads((out / "summary.json").read_text())
     assert set(saved["variants"]) == {"toy_position_camera", "toy_xy"}
     assert set(saved["untrained"]["toy_xy"]) == {"mummi", "recon_poe"}
+    assert saved["settings"]["mummi_drop"] == saved["settings"]["recon_drop"] == 0.2
+    assert saved["settings"]["image_size"] == 64
     for png in (out / "latent.png", out / "toy_xy" / "latent.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(out / "toy_xy" / "latents.npz") as data:
@@ -131,3 +144,16 @@ def test_missing_out_is_a_clear_error():
         [sys.executable, "-m", "experiments.toy_latent"], capture_output=True, text=True
     )
     assert proc.returncode != 0 and "--out" in proc.stderr
+
+
+def test_probe_smoke(tmp_path):
+    from experiments import toy_probe
+
+    res = toy_probe.probe(str(tmp_path / "p"), steps=5, episodes=2, eval_episodes=8)
+    assert res["distance"] >= 0 and 0 <= res["offset_in_span_g"] <= 1 + 1e-9
+    assert len(res["angles"]) == 2 and all(0 <= a <= 90 for a in res["angles"])
+    total = res["p_positive_camera"] + res["p_same_sequence_camera"]
+    assert total + res["p_other_sequences_camera"] == pytest.approx(1.0)
+    with np.load(tmp_path / "p.npz") as data:
+        assert data["g"].shape == data["camera"].shape == (8 * 101, 64)
+    assert json.loads((tmp_path / "p.json").read_text())["method"] == "mummi"
