@@ -130,7 +130,7 @@ def probe(
     wm_loss = jax.jit(agent._world_model_loss)
     _, aux = wm_loss(wm, batch, noise, jax.random.PRNGKey(seed + 2))
     flat = lambda x: np.asarray(x, np.float64).reshape((n_seq * length, -1))
-    g = flat(agent.nets.g(wm, features(aux["post"])))
+    g = flat(agent.nets.apply(wm, "g", features(aux["post"])))
     mu = {m: flat(aux["experts"][m][0]) for m in modalities}
     pos = flat(batch["true_position"])
     cam, posm = mu["camera"], mu["position"]

@@ -193,7 +193,16 @@ def test_a_checkpoint_of_another_model_or_an_old_pickle_is_refused_in_one_line(t
 
 
 # ----------------------------------------------------------------------------- imports
-MODEL_CORE = {"distributions", "networks", "world_model", "losses", "behavior", "sac", "mpc"}
+MODEL_CORE = {
+    "distributions",
+    "networks",
+    "world_model",
+    "losses",
+    "objectives",
+    "behavior",
+    "sac",
+    "mpc",
+}
 HOST_LOOP = {"runner", "checkpoint", "metrics", "replay", "episodes", "video", "parallel"}
 
 
