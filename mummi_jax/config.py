@@ -26,7 +26,7 @@ from mummi_jax.optim import ADAM_FORMS
 
 METHODS = ("mummi", "mummi_b", "mssm_e", "cvrl", "dreamer", "coral_v", "coral_p")
 FIDELITIES = ("reference", "paper")
-SIZES = ("paper", "tiny")
+SIZES = ("paper", "small", "tiny")
 FUSIONS = ("poe", "concat")
 POE_FORMS = ("reference", "gaussian")
 LEARNERS = ("imagination", "sac", "none")
@@ -539,6 +539,53 @@ def _tiny(c: Config) -> Config:
     )
 
 
+def _small(c: Config) -> Config:
+    """The CPU budget of `experiments.reproduce --budget=cpu`: about 45 minutes per run on a
+    2-core CPU (RESULTS.md says what it learns). The paper's RSSM and schedule shape, smaller
+    images, encoders and batches (issue 14's measurements, RESULTS.md "Why tiny does not
+    learn walker")."""
+    return override(
+        c,
+        {
+            "env.image_size": 32,
+            "env.time_limit": 500,
+            "model.cnn_depth": 32,
+            "model.cnn_layers": 3,
+            "model.touch_hidden": 64,
+            "model.touch_layers": 2,
+            "model.proprio_hidden": 128,
+            "model.proprio_layers": 2,
+            "model.embed": 256,
+            "model.expert_hidden": 256,
+            "model.fused": 256,
+            "model.deter": 200,
+            "model.stoch": 30,
+            "model.hidden": 200,
+            "model.units": 200,
+            "model.cvrl_obs_hidden": 128,
+            "model.cvrl_state_hidden": 128,
+            "model.coral_proj": 32,
+            "model.coral_state_hidden": 128,
+            "model.decoder_touch_hidden": 64,
+            "behavior.mpc_horizon": 5,
+            "behavior.sac_hidden": 128,
+            "optim.actor_lr": 2e-4,
+            "optim.value_lr": 2e-4,
+            # 60k env steps (120 walker episodes) and 50 updates per 1000: about 3,100 updates
+            # of 0.5-0.6 s, the 45 minutes' compute with the environment and evaluations.
+            "train.steps": 60_000,
+            "train.batch": 16,
+            "train.length": 32,
+            "train.prefill_episodes": 5,
+            "train.train_every": 1000,
+            "train.train_steps": 50,
+            "train.updates_per_call": 10,
+            "train.eval_every": 5000,
+            "train.replay_capacity": 200_000,
+        },
+    )
+
+
 # Per-task environment defaults that the presets do not decide.
 TASK_DEFAULTS = {
     "wipe": {
@@ -571,6 +618,8 @@ def make_config(
         config = override(config, {key: value})
     if size == "tiny":
         config = _tiny(config)
+    elif size == "small":
+        config = _small(config)
     # Preset weights name every modality a suite can have; keep the ones this run has, which
     # an override of env.modalities decides (weights the user sets are checked, not trimmed).
     overrides = overrides if isinstance(overrides, dict) else list(overrides)
