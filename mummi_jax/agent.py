@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, losses, mpc, objectives, optim, sac
+from mummi_jax import behavior, inputs, losses, mpc, objectives, optim, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
@@ -88,6 +88,30 @@ class Agent:
         )
         self._batch_spec = _batch_key_spec(obs_spec, self.modalities, self.action_dim)
         shapes = {m: tuple(obs_spec[m].shape) for m in self.modalities}
+        # CoRAL's crop (env.crop_margin > 0, coral.md §3.5): images arrive image_size +
+        # margin wide and the networks see image_size; a random window per sequence in
+        # training for contrastive image losses, the centre elsewhere.
+        self.crop = config.env.image_size if config.env.crop_margin > 0 else 0
+        self.random_crop = []
+        if self.crop:
+            for m, shape in shapes.items():
+                if len(shape) == 3:
+                    if min(shape[:2]) < self.crop:
+                        raise ValueError(
+                            f"observation {m!r} is {shape[0]}x{shape[1]}, smaller than the "
+                            f"{self.crop} px crop (env.image_size); build the environment with "
+                            "image_size = env.image_size + env.crop_margin"
+                        )
+                    shapes[m] = (self.crop, self.crop, shape[-1])
+                    if self.rep[m] not in ("recon", "none"):
+                        self.random_crop.append(m)
+        # CoRAL's z-scored proprioception (model.proprio_norm, coral.md §2): statistics kept
+        # in params["obs_norm"], identity until the runner sets them after the prefill.
+        self.norm_modalities = (
+            ["proprio"]
+            if config.model.proprio_norm == "zscore" and "proprio" in self.modalities
+            else []
+        )
         self.nets = mssm.build_world_model(config, shapes, self.action_dim, self.rep)
         self.optimizers = self._make_optimizers()
         self.train_fn = self._make_train_fn()
@@ -109,6 +133,11 @@ class Agent:
                 params["slow_value"] = jax.tree.map(jnp.copy, params["value"])
         if self._uses_sac:
             params["sac"] = self._init_sac(k_sac)
+        if self.norm_modalities:  # no optimiser: set by `with_input_stats`, never trained
+            shapes = {m: self.obs_spec[m].shape for m in self.norm_modalities}
+            params["obs_norm"] = {
+                m: {"mean": jnp.zeros(shape), "std": jnp.ones(shape)} for m, shape in shapes.items()
+            }
         opt_state = {
             name: opt.init(self._trainable(params, name)) for name, opt in self.optimizers.items()
         }
@@ -159,10 +188,16 @@ class Agent:
             opts["actor"] = adam(o.actor_lr)
             opts["value"] = adam(o.value_lr)
         if self._uses_sac:
-            opts["sac_critic"] = adam(o.sac_lr)
+            # CoRAL clips the critic at 100 and alpha at 1 (coral.md §4.1); 0: the older
+            # behaviour (critic at optim.clip, alpha unclipped).
+            critic_clip = o.sac_critic_clip or o.clip
+            opts["sac_critic"] = optim.clipped_adam(o.sac_lr, o.eps, critic_clip, o.adam)
             if b.learner == "sac":
                 opts["sac_actor"] = adam(o.sac_lr)
-            opts["alpha"] = optim.adam(o.sac_lr, o.eps, o.adam)
+            if o.alpha_clip > 0:
+                opts["alpha"] = optim.clipped_adam(o.sac_lr, o.eps, o.alpha_clip, o.adam)
+            else:
+                opts["alpha"] = optim.adam(o.sac_lr, o.eps, o.adam)
         return opts
 
     def _wm_optimizer(self, adam):
@@ -249,10 +284,28 @@ class Agent:
         self._checked_shapes.add(signature)
 
     # ------------------------------------------------------------------ preprocessing
-    def preprocess(self, obs: dict) -> dict:
-        """Raw observations -> network inputs (reference-code.md §10 item 5), on device."""
+    def preprocess(self, obs: dict, key: jax.Array | None = None, norm: dict | None = None) -> dict:
+        """Raw observations -> network inputs (reference-code.md §10 item 5), on device.
+
+        With `env.crop_margin` > 0, images are cropped to `env.image_size` first: with a
+        `key` (training, `(B, T, ...)` inputs) contrastive image modalities get a random
+        window per sequence, others the centre (CoRAL §3.5). `norm`: `params["obs_norm"]`,
+        `{m: {"mean", "std"}}` z-scoring those modalities (CoRAL App. B)."""
         m_cfg = self.config.model
         out = {}
+        if self.crop:
+            keys = {}
+            if key is not None and self.random_crop:
+                split = jax.random.split(key, len(self.random_crop))
+                keys = dict(zip(self.random_crop, split, strict=True))
+            obs = dict(obs)
+            for m in self.modalities:
+                if len(self.obs_spec[m].shape) != 3:
+                    continue
+                if m in keys:
+                    obs[m] = inputs.random_crop(obs[m], keys[m], self.crop)
+                else:
+                    obs[m] = inputs.center_crop(obs[m], self.crop)
         for m in self.modalities:
             x = obs[m]
             if m == "depth":
@@ -267,9 +320,30 @@ class Agent:
                     x = jnp.log1p(jnp.maximum(x, 0.0))
             else:
                 x = x.astype(jnp.float32)
+            if norm is not None and m in norm:
+                x = inputs.zscore(x, norm[m]["mean"], norm[m]["std"])
             out[m] = x
             out[f"{m}_flag"] = obs[f"{m}_flag"].astype(jnp.float32)
         return out
+
+    @property
+    def uses_input_stats(self) -> bool:
+        """Whether `with_input_stats` has statistics to set (model.proprio_norm)."""
+        return bool(self.norm_modalities)
+
+    def with_input_stats(self, state: TrainState, episodes) -> TrainState:
+        """`state` with the z-scoring statistics of `episodes` (dicts of `(L, ...)` arrays on
+        the host, the prefill's random-policy episodes; CoRAL App. B) in params["obs_norm"];
+        present steps only. Without model.proprio_norm it returns `state` unchanged."""
+        if not self.norm_modalities:
+            return state
+        norm = {}
+        for m in self.norm_modalities:
+            x = np.concatenate([np.asarray(ep[m], np.float32) for ep in episodes])
+            present = np.concatenate([np.asarray(ep[f"{m}_flag"]) for ep in episodes])
+            mean, std = inputs.zscore_stats(x, present)
+            norm[m] = {"mean": np.asarray(mean), "std": np.asarray(std)}
+        return state.replace(params={**state.params, "obs_norm": norm})
 
     # ------------------------------------------------------------------ world model
     def draw_noise(self, key: jax.Array, batch: int, length: int) -> dict:
@@ -292,14 +366,17 @@ class Agent:
             ),
         }
 
-    def _world_model_loss(self, wm_params, batch, noise, key):
+    def _world_model_loss(self, wm_params, batch, noise, key, obs_norm=None):
         """World-model loss for one batch `(B, T, ...)`; `noise["observe"]` feeds the
-        RSSM's samples. Returns `(loss, aux)`, aux holding `post`, `prior`, `experts`
-        (`{m: (mean, std)}`, PoE only), `fused` and `metrics`."""
+        RSSM's samples; `obs_norm` is `params["obs_norm"]` (z-scoring), if any. Returns
+        `(loss, aux)`, aux holding `post`, `prior`, `experts` (`{m: (mean, std)}`, PoE
+        only), `fused` and `metrics`."""
         c = self.config
         nets = self.nets
         k_drop, k_obs, k_rep = jax.random.split(key, 3)
-        obs = self.preprocess(batch)
+        # The crop's key is folded in, not split off: every other preset keeps its keys.
+        k_crop = jax.random.fold_in(key, 3) if self.random_crop else None
+        obs = self.preprocess(batch, k_crop, obs_norm)
         flags = {m: obs[f"{m}_flag"] for m in self.modalities}
         if c.loss.modality_drop > 0:
             # MSSM-e: drop each present modality at random, never all of them (MuMMI Sec. VI).
@@ -437,9 +514,12 @@ class Agent:
             is_first=batch["is_first"],
         )
         actor_net = self.nets.sac_actor if model_free else self.nets.actor
+        # CoRAL's actor std (behavior.sac_init_std / sac_min_std); the hybrid term's actor is
+        # the imagination actor, with Dreamer's.
+        std = self._sac_std if model_free else {}
 
         def policy_fn(actor_params, obs, k):
-            d = dist.actor_distribution(actor_net.apply(actor_params, obs))
+            d = dist.actor_distribution(actor_net.apply(actor_params, obs), **std)
             return d.sample_and_log_prob(k)
 
         def q_fn(critic_params, obs, action):
@@ -472,6 +552,12 @@ class Agent:
         grads, metrics = jax.grad(total, has_aux=True)(sac_params)
         return grads, metrics
 
+    @property
+    def _sac_std(self) -> dict:
+        """`actor_distribution` std options of the model-free SAC actor (coral.md §4.1)."""
+        b = self.config.behavior
+        return {"init_std": b.sac_init_std, "min_std": b.sac_min_std}
+
     # ------------------------------------------------------------------ the train step
     def _gradients(self, params, batch, noise, key):
         """Every network's gradient for one batch `(B, T, ...)`, from one parameter
@@ -481,7 +567,7 @@ class Agent:
         b = self.config.behavior
         k_wm, k_beh, k_sac = jax.random.split(key, 3)
         (_, aux), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
-            params["wm"], batch, noise, k_wm
+            params["wm"], batch, noise, k_wm, params.get("obs_norm")
         )
         metrics = aux.pop("metrics")
         post = aux["post"]
@@ -583,7 +669,7 @@ class Agent:
                 lambda x: x * keep.reshape((-1,) + (1,) * (x.ndim - 1)), carry["state"]
             )
             prev_action = carry["action"] * keep[:, None]
-            x = self.preprocess(obs)
+            x = self.preprocess(obs, norm=params.get("obs_norm"))  # centre crop, if any
             flags = {m: x[f"{m}_flag"] for m in self.modalities}
             embeds = self.nets.encode(wm, x)
             k_fuse, k_post = jax.random.split(k_obs)
@@ -593,7 +679,8 @@ class Agent:
             feat = mssm.features(post)
             if b.learner == "sac":
                 det = jnp.concatenate([post["mean"], post["deter"]], axis=-1)
-                d = dist.actor_distribution(self.nets.sac_actor.apply(params["sac"]["actor"], det))
+                raw = self.nets.sac_actor.apply(params["sac"]["actor"], det)
+                d = dist.actor_distribution(raw, **self._sac_std)
             else:
                 d = dist.actor_distribution(self.nets.actor.apply(params["actor"], feat))
             if b.planner == "latent_mpc":
@@ -614,9 +701,11 @@ class Agent:
                 )
             elif training or b.eval_mode == "sample":
                 action = d.sample(k_act)
+            elif b.eval_mode == "mean":  # CoRAL evaluates tanh(mean) (coral.md §5.4)
+                action = d.deterministic()
             else:
                 action = d.mode(k_act)
-            if training:
+            if training and b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
                 action = action + b.expl_noise * jax.random.normal(k_noise, action.shape)
             action = jnp.clip(action, -1.0, 1.0)
             return action, {"state": post, "action": action}

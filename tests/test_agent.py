@@ -81,7 +81,7 @@ TINY = [
 @pytest.mark.parametrize("method", C.METHODS)
 def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     cfg = C.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
-    spec = toy_spec()
+    spec = toy_spec(16 + cfg.env.crop_margin)  # CoRAL renders a margin it crops off
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     # The train step of a single run (`runner.Runner`: one seed through SeedParallel), with
     # 2 updates per call at tests/test_loop.py's SMALL shapes: that file's runs of the same

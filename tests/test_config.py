@@ -43,6 +43,8 @@ def test_preset_values_follow_the_reference_code():
     assert paper.env.missing == "paper" and paper.env.missing_test == (0.0, 0.375, 0.75)
     assert C.make_config("mummi", "wipe").model.fused == 256
     coral = C.make_config("coral_p", "cartpole_swingup")
+    assert coral.rep_losses(("image", "proprio")) == {"image": "coral_p", "proprio": "recon"}
+    coral = C.make_config("coral_p", "cartpole_swingup", overrides=["env.modalities=image,depth"])
     assert coral.rep_losses(("image", "depth")) == {"image": "coral_p", "depth": "recon"}
 
 

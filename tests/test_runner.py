@@ -202,6 +202,7 @@ MODEL_CORE = {
     "behavior",
     "sac",
     "mpc",
+    "inputs",
 }
 HOST_LOOP = {"runner", "checkpoint", "metrics", "replay", "episodes", "video", "parallel"}
 

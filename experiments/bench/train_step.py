@@ -24,14 +24,26 @@ from dm_env import specs
 
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
+from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
 
-def _spec(size):
-    obs = {
+def _spec(size, config=None):
+    """Walker's observation specs: image, depth, touch at `size`; with `config`, the modalities
+    and render size it asks for (CoRAL: image + proprio, rendered `env.crop_margin` larger)."""
+    names = ("image", "depth", "touch")
+    proprio = 24  # walker's full state
+    if config is not None:
+        names = task_modalities(config.env.task, config.env.modalities)
+        size = config.env.image_size + config.env.crop_margin
+        if config.env.proprio == "partial":
+            proprio = sum(b - a for _, a, b in PARTIAL_PROPRIO[config.env.task])
+    every = {
         "image": specs.BoundedArray((size, size, 3), np.uint8, 0, 255),
         "depth": specs.Array((size, size, 1), np.float32),
         "touch": specs.Array((2,), np.float32),
+        "proprio": specs.Array((proprio,), np.float32),
     }
+    obs = {m: every[m] for m in names}
     for m in list(obs):
         obs[f"{m}_flag"] = specs.Array((), np.float32)
     return obs
@@ -124,7 +136,7 @@ def _components(agent, params, batch, repeats):
 def run(flags):
     size = flags.size
     cfg = C.make_config(flags.method, "walker_walk", size, overrides=flags.set)
-    spec = _spec(cfg.env.image_size)
+    spec = _spec(cfg.env.image_size, cfg)
     agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
     K = flags.updates_per_call or (
         1 if size == "paper" and jax.default_backend() == "cpu" else cfg.train.updates_per_call
