@@ -135,7 +135,7 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
     @jax.jit
     def analyse(params, batch, noise, key):
         wm = params["wm"]
-        _, aux = agent._world_model_loss(wm, batch, noise, key)
+        _, aux = agent._world_model_loss(wm, batch, noise, key, params.get("obs_norm"))
         feat = features(aux["post"])
         reward = agent.nets.reward(wm, feat)
         starts = behavior.flatten_starts(aux["post"])

@@ -962,6 +962,12 @@ def check_logdir(logdir: str, config) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
+    try:
+        # A run saved before an option existed ran with the option's default (new options
+        # default to the old behaviour), so it resumes under the code that added it.
+        saved = json.loads(from_dict(saved).to_json())
+    except (ValueError, TypeError):
+        pass  # a key this code no longer knows: compared as saved, reported below
     new = json.loads(config.to_json())
     diffs = []
     for key in sorted(set(saved) | set(new)):

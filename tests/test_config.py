@@ -168,3 +168,14 @@ def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users(
             "tiny",
             overrides=["env.modalities=proprio", "loss.weights=image=1"],
         )
+
+
+def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path):
+    config = C.make_config("mummi", "walker_walk", "tiny")
+    saved = json.loads(config.to_json())
+    del saved["model"]["shared_noise"]  # as written by code that predates the option
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    C.check_logdir(str(tmp_path), config)  # the option at its default: the same run
+    changed = C.override(config, {"model.shared_noise": not config.model.shared_noise})
+    with pytest.raises(ValueError, match="model.shared_noise"):
+        C.check_logdir(str(tmp_path), changed)
