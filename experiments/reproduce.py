@@ -60,7 +60,9 @@ class Budget:
 
 BUDGETS = {
     # The `small` preset's own schedule (config._small): walker episodes of 500 env steps.
-    "cpu": Budget("small", (), 0.0, "2-core CPU"),
+    # MuMMI on walker_walk, 2026-12-04, 2-core CPU box: 60k env steps in about 30 minutes of
+    # training (RESULTS.md), 3000 s per 100k.
+    "cpu": Budget("small", (), 3000.0, "2-core CPU"),
     # 2M env steps at the reference schedule. BENCHMARKS.md "The whole loop": 12.2 min per
     # 100k env steps on an H100 for the toy robot, plus 5.1 min of walker rendering on one
     # core = about 17.3 min (1040 s) per 100k, 5.8 h per run.
@@ -188,6 +190,22 @@ def ordering(rows: list[dict]) -> list[str]:
     return lines or ["- not enough finished runs to compare methods yet"]
 
 
+def _curves_line(out: str, results_path: str, budget_name: str) -> str:
+    """Copies compare's learning curves next to `results_path` (docs/results/), so that the
+    Markdown file shows them wherever the grid's run directory lives; returns the line."""
+    import shutil
+
+    png = os.path.join(out, "curves.png")
+    if not os.path.exists(png):
+        return "No learning curves yet (no `eval/return` logged)."
+    rel = os.path.join("docs", "results", f"curves_{budget_name}.png")
+    dest = os.path.join(os.path.dirname(os.path.abspath(results_path)), rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.copyfile(png, dest + ".tmp")
+    os.replace(dest + ".tmp", dest)
+    return f"Learning curves (eval return against env steps, EMA 0.9): ![curves]({rel})"
+
+
 def report(budget_name: str, out: str, results_path: str) -> str:
     """Runs experiments.compare over OUT and rewrites this budget's block of `results_path`."""
     import io
@@ -232,7 +250,7 @@ def report(budget_name: str, out: str, results_path: str) -> str:
         "",
         *ordering(rows),
         "",
-        f"Learning curves: `{os.path.join(out, 'curves.png')}`.",
+        _curves_line(out, results_path, budget_name),
         f"<!-- reproduce:{budget_name}:end -->",
     ]
     block = "\n".join(lines) + "\n"

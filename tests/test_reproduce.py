@@ -78,6 +78,10 @@ def test_report_rewrites_only_its_block(tmp_path):
             }
         ).encode(),
     )
+    rows = [{"step": s, "eval/return": float(s) / 10} for s in (100, 200, 300)]
+    atomic_write(
+        os.path.join(d, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode()
+    )
     first = R.report("cpu", str(out), str(results))
     assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in first
     assert "| walker_walk | mummi | none | 1 |" in first  # compare's table row
@@ -86,3 +90,5 @@ def test_report_rewrites_only_its_block(tmp_path):
     assert text.startswith("# Results\n\nHand-written analysis.\n")
     assert text.count("<!-- reproduce:cpu:begin") == 1 and text.count("reproduce:cpu:end") == 1
     assert os.path.exists(out / "compare.md")
+    assert "![curves](docs/results/curves_cpu.png)" in text
+    assert (tmp_path / "docs" / "results" / "curves_cpu.png").exists()
