@@ -92,9 +92,10 @@ def _timed(fn, *args, repeats):
     return float(np.median(times))
 
 
-def _components(agent, params, batch, repeats):
+def _components(agent, state, batch, repeats):
     """Seconds of each part of one update, forward + backward, jitted alone."""
     nets, mods = agent.nets, agent.modalities
+    params = state.params
     key = jax.random.key(1)
     obs = jax.jit(agent.preprocess)(batch)
     flags = {m: obs[f"{m}_flag"] for m in mods}
@@ -128,7 +129,14 @@ def _components(agent, params, batch, repeats):
         "world_model_grad": (jax.grad(lambda p, b, k: wm_loss(p, b, k)[0]), wm, batch, key),
     }
     if agent._uses_imagination:
-        parts["imagination_grads"] = (agent._imagination_grads, params, post, noise, key)
+        parts["imagination_grads"] = (
+            agent._imagination_grads,
+            params,
+            state.targets,
+            post,
+            noise,
+            key,
+        )
     for name, (fn, *args) in parts.items():
         yield name, _timed(jax.jit(fn), *args, repeats=repeats)
 
@@ -174,7 +182,7 @@ def run(flags):
     yield record
     # Breakdown on one batch; shares of the update are of the median above.
     one = jax.tree.map(lambda x: x[0], batch)
-    for name, seconds in _components(agent, state.params, one, repeats):
+    for name, seconds in _components(agent, state, one, repeats):
         yield {
             "what": f"train_step/{name}",
             "size": size,
