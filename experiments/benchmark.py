@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from mummi_jax import config as C
+
 WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe", "reference")
 FLAGS = flags.FLAGS
 
@@ -26,7 +28,7 @@ def define_flags():
     """Defined when run as a script, not on import: tests import several entry points'
     functions into one process, where flags of one name from two modules clash."""
     flags.DEFINE_enum("what", "env", WHATS, "Which benchmark to run.")
-    flags.DEFINE_enum("size", "tiny", ["tiny", "paper"], "Model size for model benchmarks.")
+    flags.DEFINE_enum("size", "tiny", list(C.SIZES), "Model size for model benchmarks.")
     flags.DEFINE_list("tasks", [], "Tasks (default: each benchmark's own list).")
     flags.DEFINE_integer("repeats", 0, "Timed repetitions (0: the benchmark's default).")
     flags.DEFINE_string("method", "mummi", "Method preset for model benchmarks.")

@@ -53,14 +53,10 @@ def main(argv):
     return 0
 
 
-def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict:
-    """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results.
-
-    With `videos`, the first episode of each level goes to `<logdir>/videos/<level>.gif`."""
-    from mummi_jax import checkpoint, video
+def load_config(logdir: str):
+    """The validated config of a run started by experiments.train (its `config.json`)."""
     from mummi_jax import config as C
     from mummi_jax.envs import task_modalities
-    from mummi_jax.runner import Runner
 
     path = os.path.join(logdir or "", "config.json")
     if not logdir or not os.path.exists(path):
@@ -73,6 +69,17 @@ def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
     C.validate(config, task_modalities(config.env.task, config.env.modalities))
+    return config
+
+
+def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict:
+    """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results.
+
+    With `videos`, the first episode of each level goes to `<logdir>/videos/<level>.gif`."""
+    from mummi_jax import checkpoint, video
+    from mummi_jax.runner import Runner
+
+    config = load_config(logdir)
     if episodes < 0:
         raise ValueError(f"--episodes={episodes} must be >= 0 (0: train.test_episodes)")
     runner = Runner(config, logdir, progress=False)

@@ -11,7 +11,8 @@ One update (`train_fn`, scanned K times per call):
   2. behaviour from the same pre-update parameters (reference-code.md §5.3): imagination
      actor-critic (MuMMI app. A, eq. 18-19) from every posterior state, and/or latent SAC
      (CVRL's hybrid term, CoRAL's model-free agent);
-  3. one optax chain per network (Adam + global-norm clip), applied together.
+  3. one optax chain per network (Adam + global-norm clip), applied together; then the
+     target networks (slow value, SAC target critic) move towards their online networks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, losses, mpc, objectives, optim, sac
+from mummi_jax import behavior, inputs, losses, mpc, objectives, optim, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
@@ -38,12 +39,65 @@ Pytree = Any
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything an update changes: parameters, optimiser states, PRNG key, counter."""
+    """Everything an update changes. Every tree is keyed by the same paths, so a network's
+    parameters, optimiser state and target network sit at one path (`get_path`) in each.
+
+    Attributes:
+      params: the networks and the input statistics. `"wm"`: the world model (encoders,
+        experts, RSSM, heads; `networks.WorldModel`); `"actor"`, `"value"`: the imagination
+        actor-critic (behavior.learner=imagination, or a planner); `"sac"`: latent SAC
+        (learner=sac, or behavior.sac_weight > 0) holding `"critic"` (twin Q), `"log_alpha"`
+        (a `()` float32) and, for CoRAL's model-free learner only, `"actor"` (CVRL's hybrid
+        term trains `params["actor"]`); `"obs_norm"` (model.proprio_norm=zscore only):
+        `{m: {"mean", "std"}}` of the modality's shape, set by `Agent.with_input_stats` and
+        never trained.
+      targets: target networks keyed like the parameters they track, moved after each update
+        and never trained: `"value"` (behavior.slow_value: the EMA of `params["value"]`) and
+        `"sac"` `{"critic"}` (the Polyak copy of `params["sac"]["critic"]`); `{}` when the
+        method has none.
+      opt_state: one optax state per trained subtree, at that subtree's path in `params`:
+        `"wm"`, `"actor"`, `"value"`, `"sac"` `{"critic", "log_alpha", "actor"}` as present
+        (`Agent.optimizers` has the same layout).
+      key: the typed PRNG key the next update splits.
+      step: `()` int32, updates made.
+    """
 
     params: dict
+    targets: dict
     opt_state: dict
     key: jax.Array
     step: jax.Array
+
+
+def get_path(tree: dict, path: tuple[str, ...]):
+    """`tree[path[0]][path[1]]...`."""
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def has_path(tree: dict, path: tuple[str, ...]) -> bool:
+    """Whether `get_path(tree, path)` exists."""
+    for k in path:
+        if not isinstance(tree, dict) or k not in tree:
+            return False
+        tree = tree[k]
+    return True
+
+
+def set_path(tree: dict, path: tuple[str, ...], value) -> dict:
+    """A copy of the nested dict `tree` with `value` at `path` (missing levels created);
+    `tree` itself is left as it was."""
+    head, *rest = path
+    return {**tree, head: set_path(tree.get(head, {}), tuple(rest), value) if rest else value}
+
+
+def optimizer_paths(optimizers: dict) -> list[tuple[str, ...]]:
+    """The paths of the optax transformations in a nested dict of them (`Agent.optimizers`):
+    the paths of the trained subtrees of `TrainState.params` and of `TrainState.opt_state`."""
+    is_tx = lambda x: isinstance(x, optax.GradientTransformation)
+    leaves = jax.tree_util.tree_flatten_with_path(optimizers, is_leaf=is_tx)[0]
+    return [tuple(k.key for k in path) for path, _ in leaves]
 
 
 def _batch_key_spec(obs_spec, modalities, action_dim):
@@ -63,6 +117,10 @@ class Agent:
       config: a resolved `Config` (see `config.make_config`).
       obs_spec: the environment's `observation_spec()` dict.
       action_spec: the environment's `action_spec()` (a (A,) array spec in [-1, 1]).
+
+    `optimizers` holds one optax transformation per trained subtree, nested like
+    `TrainState.params` and `TrainState.opt_state` (`optimizer_paths` lists the paths);
+    `target_decays` names the target networks and their decays.
     """
 
     def __init__(self, config: Config, obs_spec: dict, action_spec):
@@ -88,6 +146,30 @@ class Agent:
         )
         self._batch_spec = _batch_key_spec(obs_spec, self.modalities, self.action_dim)
         shapes = {m: tuple(obs_spec[m].shape) for m in self.modalities}
+        # CoRAL's crop (env.crop_margin > 0, coral.md §3.5): images arrive image_size +
+        # margin wide and the networks see image_size; a random window per sequence in
+        # training for contrastive image losses, the centre elsewhere.
+        self.crop = config.env.image_size if config.env.crop_margin > 0 else 0
+        self.random_crop = []
+        if self.crop:
+            for m, shape in shapes.items():
+                if len(shape) == 3:
+                    if min(shape[:2]) < self.crop:
+                        raise ValueError(
+                            f"observation {m!r} is {shape[0]}x{shape[1]}, smaller than the "
+                            f"{self.crop} px crop (env.image_size); build the environment with "
+                            "image_size = env.image_size + env.crop_margin"
+                        )
+                    shapes[m] = (self.crop, self.crop, shape[-1])
+                    if self.rep[m] not in ("recon", "none"):
+                        self.random_crop.append(m)
+        # CoRAL's z-scored proprioception (model.proprio_norm, coral.md §2): statistics kept
+        # in params["obs_norm"], identity until the runner sets them after the prefill.
+        self.norm_modalities = (
+            ["proprio"]
+            if config.model.proprio_norm == "zscore" and "proprio" in self.modalities
+            else []
+        )
         self.nets = mssm.build_world_model(config, shapes, self.action_dim, self.rep)
         self.optimizers = self._make_optimizers()
         self.train_fn = self._make_train_fn()
@@ -98,21 +180,47 @@ class Agent:
 
     # ------------------------------------------------------------------ state
     def init(self, key: jax.Array) -> TrainState:
-        """Fresh parameters and optimiser states; `key` from `parallel.seed_key(seed)`."""
+        """Fresh parameters, targets and optimiser states; `key` from `parallel.seed_key(seed)`."""
         k_wm, k_actor, k_value, k_sac, k_state = jax.random.split(key, 5)
         params = {"wm": self.nets.init(k_wm)}
         feat = jnp.zeros((1, self.nets.feat_size))
         if self._uses_imagination or self.config.behavior.planner != "none":
             params["actor"] = self.nets.actor.init(k_actor, feat)
             params["value"] = self.nets.value.init(k_value, feat)
-            if self.config.behavior.slow_value:
-                params["slow_value"] = jax.tree.map(jnp.copy, params["value"])
         if self._uses_sac:
             params["sac"] = self._init_sac(k_sac)
-        opt_state = {
-            name: opt.init(self._trainable(params, name)) for name, opt in self.optimizers.items()
-        }
-        return TrainState(params, opt_state, k_state, jnp.zeros((), jnp.int32))
+        if self.norm_modalities:  # no optimiser: set by `with_input_stats`, never trained
+            shapes = {m: self.obs_spec[m].shape for m in self.norm_modalities}
+            params["obs_norm"] = {
+                m: {"mean": jnp.zeros(shape), "std": jnp.ones(shape)} for m, shape in shapes.items()
+            }
+        # Copies: the state is donated, and one buffer cannot be donated twice.
+        targets = {}
+        for path in self.target_decays:
+            targets = set_path(targets, path, jax.tree.map(jnp.copy, get_path(params, path)))
+        return TrainState(
+            params, targets, self.init_opt_state(params), k_state, jnp.zeros((), jnp.int32)
+        )
+
+    def init_opt_state(self, params: dict) -> dict:
+        """Fresh optimiser states for `params` (`TrainState.opt_state`'s layout)."""
+        opt_state = {}
+        for path in optimizer_paths(self.optimizers):
+            opt = get_path(self.optimizers, path)
+            opt_state = set_path(opt_state, path, opt.init(get_path(params, path)))
+        return opt_state
+
+    @property
+    def target_decays(self) -> dict[tuple[str, ...], float]:
+        """`{path: decay}` of the target networks: `target <- decay * target + (1 - decay) *
+        online` after each update (`behavior.ema_update`), online = `params` at the path."""
+        b = self.config.behavior
+        out = {}
+        if b.slow_value and (self._uses_imagination or b.planner != "none"):
+            out[("value",)] = b.slow_value_decay
+        if self._uses_sac:
+            out[("sac", "critic")] = 1.0 - b.sac_tau  # sac.polyak_update's decay
+        return out
 
     @property
     def _uses_imagination(self):
@@ -128,27 +236,16 @@ class Agent:
         k_critic, k_actor = jax.random.split(key)
         feat = jnp.zeros((1, self.nets.feat_size))
         act = jnp.zeros((1, self.action_dim))
-        critic = self.nets.sac_critic.init(k_critic, feat, act)
         out = {
-            "critic": critic,
-            # A copy: the state is donated, and one buffer cannot be donated twice.
-            "target_critic": jax.tree.map(jnp.copy, critic),
+            "critic": self.nets.sac_critic.init(k_critic, feat, act),
             "log_alpha": jnp.asarray(math.log(b.sac_init_alpha), jnp.float32),
         }
         if b.learner == "sac":  # CoRAL: a separate SAC actor; CVRL's hybrid term uses the actor
             out["actor"] = self.nets.sac_actor.init(k_actor, feat)
         return out
 
-    def _trainable(self, params, name):
-        if name == "sac_critic":
-            return params["sac"]["critic"]
-        if name == "sac_actor":
-            return params["sac"]["actor"]
-        if name == "alpha":
-            return params["sac"]["log_alpha"]
-        return params[name]
-
     def _make_optimizers(self):
+        """One optax chain per trained subtree, nested like `TrainState.params`."""
         o, b = self.config.optim, self.config.behavior
 
         def adam(lr):
@@ -159,10 +256,17 @@ class Agent:
             opts["actor"] = adam(o.actor_lr)
             opts["value"] = adam(o.value_lr)
         if self._uses_sac:
-            opts["sac_critic"] = adam(o.sac_lr)
+            # CoRAL clips the critic at 100 and alpha at 1 (coral.md §4.1); 0: the older
+            # behaviour (critic at optim.clip, alpha unclipped).
+            critic_clip = o.sac_critic_clip or o.clip
+            sac_opts = {"critic": optim.clipped_adam(o.sac_lr, o.eps, critic_clip, o.adam)}
             if b.learner == "sac":
-                opts["sac_actor"] = adam(o.sac_lr)
-            opts["alpha"] = optim.adam(o.sac_lr, o.eps, o.adam)
+                sac_opts["actor"] = adam(o.sac_lr)
+            if o.alpha_clip > 0:
+                sac_opts["log_alpha"] = optim.clipped_adam(o.sac_lr, o.eps, o.alpha_clip, o.adam)
+            else:
+                sac_opts["log_alpha"] = optim.adam(o.sac_lr, o.eps, o.adam)
+            opts["sac"] = sac_opts
         return opts
 
     def _wm_optimizer(self, adam):
@@ -249,10 +353,28 @@ class Agent:
         self._checked_shapes.add(signature)
 
     # ------------------------------------------------------------------ preprocessing
-    def preprocess(self, obs: dict) -> dict:
-        """Raw observations -> network inputs (reference-code.md §10 item 5), on device."""
+    def preprocess(self, obs: dict, key: jax.Array | None = None, norm: dict | None = None) -> dict:
+        """Raw observations -> network inputs (reference-code.md §10 item 5), on device.
+
+        With `env.crop_margin` > 0, images are cropped to `env.image_size` first: with a
+        `key` (training, `(B, T, ...)` inputs) contrastive image modalities get a random
+        window per sequence, others the centre (CoRAL §3.5). `norm`: `params["obs_norm"]`,
+        `{m: {"mean", "std"}}` z-scoring those modalities (CoRAL App. B)."""
         m_cfg = self.config.model
         out = {}
+        if self.crop:
+            keys = {}
+            if key is not None and self.random_crop:
+                split = jax.random.split(key, len(self.random_crop))
+                keys = dict(zip(self.random_crop, split, strict=True))
+            obs = dict(obs)
+            for m in self.modalities:
+                if len(self.obs_spec[m].shape) != 3:
+                    continue
+                if m in keys:
+                    obs[m] = inputs.random_crop(obs[m], keys[m], self.crop)
+                else:
+                    obs[m] = inputs.center_crop(obs[m], self.crop)
         for m in self.modalities:
             x = obs[m]
             if m == "depth":
@@ -267,9 +389,30 @@ class Agent:
                     x = jnp.log1p(jnp.maximum(x, 0.0))
             else:
                 x = x.astype(jnp.float32)
+            if norm is not None and m in norm:
+                x = inputs.zscore(x, norm[m]["mean"], norm[m]["std"])
             out[m] = x
             out[f"{m}_flag"] = obs[f"{m}_flag"].astype(jnp.float32)
         return out
+
+    @property
+    def uses_input_stats(self) -> bool:
+        """Whether `with_input_stats` has statistics to set (model.proprio_norm)."""
+        return bool(self.norm_modalities)
+
+    def with_input_stats(self, state: TrainState, episodes) -> TrainState:
+        """`state` with the z-scoring statistics of `episodes` (dicts of `(L, ...)` arrays on
+        the host, the prefill's random-policy episodes; CoRAL App. B) in params["obs_norm"];
+        present steps only. Without model.proprio_norm it returns `state` unchanged."""
+        if not self.norm_modalities:
+            return state
+        norm = {}
+        for m in self.norm_modalities:
+            x = np.concatenate([np.asarray(ep[m], np.float32) for ep in episodes])
+            present = np.concatenate([np.asarray(ep[f"{m}_flag"]) for ep in episodes])
+            mean, std = inputs.zscore_stats(x, present)
+            norm[m] = {"mean": np.asarray(mean), "std": np.asarray(std)}
+        return state.replace(params={**state.params, "obs_norm": norm})
 
     # ------------------------------------------------------------------ world model
     def draw_noise(self, key: jax.Array, batch: int, length: int) -> dict:
@@ -292,14 +435,17 @@ class Agent:
             ),
         }
 
-    def _world_model_loss(self, wm_params, batch, noise, key):
+    def _world_model_loss(self, wm_params, batch, noise, key, obs_norm=None):
         """World-model loss for one batch `(B, T, ...)`; `noise["observe"]` feeds the
-        RSSM's samples. Returns `(loss, aux)`, aux holding `post`, `prior`, `experts`
-        (`{m: (mean, std)}`, PoE only), `fused` and `metrics`."""
+        RSSM's samples; `obs_norm` is `params["obs_norm"]` (z-scoring), if any. Returns
+        `(loss, aux)`, aux holding `post`, `prior`, `experts` (`{m: (mean, std)}`, PoE
+        only), `fused` and `metrics`."""
         c = self.config
         nets = self.nets
         k_drop, k_obs, k_rep = jax.random.split(key, 3)
-        obs = self.preprocess(batch)
+        # The crop's key is folded in, not split off: every other preset keeps its keys.
+        k_crop = jax.random.fold_in(key, 3) if self.random_crop else None
+        obs = self.preprocess(batch, k_crop, obs_norm)
         flags = {m: obs[f"{m}_flag"] for m in self.modalities}
         if c.loss.modality_drop > 0:
             # MSSM-e: drop each present modality at random, never all of them (MuMMI Sec. VI).
@@ -384,11 +530,12 @@ class Agent:
     def _value_fn(self, value_params, feat):
         return self.nets.value.apply(value_params, feat)[..., 0]
 
-    def _imagination_grads(self, params, post, noise, key):
+    def _imagination_grads(self, params, targets, post, noise, key):
         """Actor and value gradients from imagined rollouts of every posterior state (MuMMI
         app. A); `noise["imagine_action"]`, `noise["imagine_state"]` feed the actor's and
-        the dynamics' samples. Returns `(grads, metrics, aux)`, aux holding the imagined
-        `feats` `(H, N, F)` and the lambda-`returns` `(H - 1, N)`."""
+        the dynamics' samples; `targets` is `TrainState.targets` (the slow value, if any).
+        Returns `(grads, metrics, aux)`, grads keyed `"actor"`, `"value"`, aux holding the
+        imagined `feats` `(H, N, F)`."""
         b = self.config.behavior
         wm = jax.lax.stop_gradient(params["wm"])
         starts = behavior.flatten_starts(jax.lax.stop_gradient(post))
@@ -409,7 +556,7 @@ class Agent:
                 self._value_fn,
                 gamma=b.gamma,
                 lam=b.lam,
-                slow_value_params=params.get("slow_value"),
+                slow_value_params=targets.get("value"),
                 entropy=entropy,
                 entropy_coef=b.actor_entropy,
             )
@@ -420,8 +567,10 @@ class Agent:
         (g_actor, g_value), (metrics, feats) = grad_fn(params["actor"], params["value"])
         return {"actor": g_actor, "value": g_value}, metrics, {"feats": feats}
 
-    def _sac_grads(self, params, post, batch, key):
-        """CVRL's hybrid term (actor = the imagination actor) or CoRAL's model-free SAC."""
+    def _sac_grads(self, params, targets, post, batch, key):
+        """CVRL's hybrid term (actor = the imagination actor) or CoRAL's model-free SAC;
+        `targets["sac"]["critic"]` gives the TD targets. Returns `(grads, metrics)`, grads
+        keyed `"critic"`, `"actor"` (whichever actor the term trains), `"log_alpha"`."""
         b = self.config.behavior
         model_free = b.learner == "sac"
         if model_free:  # CoRAL: deterministic features [posterior mean, h] (coral.md §2)
@@ -437,9 +586,12 @@ class Agent:
             is_first=batch["is_first"],
         )
         actor_net = self.nets.sac_actor if model_free else self.nets.actor
+        # CoRAL's actor std (behavior.sac_init_std / sac_min_std); the hybrid term's actor is
+        # the imagination actor, with Dreamer's.
+        std = self._sac_std if model_free else {}
 
         def policy_fn(actor_params, obs, k):
-            d = dist.actor_distribution(actor_net.apply(actor_params, obs))
+            d = dist.actor_distribution(actor_net.apply(actor_params, obs), **std)
             return d.sample_and_log_prob(k)
 
         def q_fn(critic_params, obs, action):
@@ -455,7 +607,7 @@ class Agent:
         def total(p):
             parts, metrics = sac.sac_losses(
                 p,
-                params["sac"]["target_critic"],
+                targets["sac"]["critic"],
                 trans,
                 key,
                 q_fn=q_fn,
@@ -472,36 +624,44 @@ class Agent:
         grads, metrics = jax.grad(total, has_aux=True)(sac_params)
         return grads, metrics
 
+    @property
+    def _sac_std(self) -> dict:
+        """`actor_distribution` std options of the model-free SAC actor (coral.md §4.1)."""
+        b = self.config.behavior
+        return {"init_std": b.sac_init_std, "min_std": b.sac_min_std}
+
     # ------------------------------------------------------------------ the train step
-    def _gradients(self, params, batch, noise, key):
+    def _gradients(self, params, targets, batch, noise, key):
         """Every network's gradient for one batch `(B, T, ...)`, from one parameter
-        snapshot (reference-code.md §5.3). Returns `(grads, metrics, aux)`: grads keyed by
-        optimiser name, aux the world model's and imagination's intermediate values (see
-        `_world_model_loss`, `_imagination_grads`), which the update discards."""
+        snapshot (reference-code.md §5.3). Returns `(grads, metrics, aux)`: grads nested
+        like the trained part of `params` (`self.optimizers`' layout; metrics
+        `grad_norm/<path>`, e.g. `grad_norm/sac/critic`), aux the world model's and
+        imagination's intermediate values (see `_world_model_loss`, `_imagination_grads`),
+        which the update discards."""
         b = self.config.behavior
         k_wm, k_beh, k_sac = jax.random.split(key, 3)
         (_, aux), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
-            params["wm"], batch, noise, k_wm
+            params["wm"], batch, noise, k_wm, params.get("obs_norm")
         )
         metrics = aux.pop("metrics")
         post = aux["post"]
         grads = {"wm": g_wm}
         if self._uses_imagination:
-            g, m, imag = self._imagination_grads(params, post, noise, k_beh)
+            g, m, imag = self._imagination_grads(params, targets, post, noise, k_beh)
             grads.update(g)
             metrics.update(m)
             aux["imagine"] = imag
         if self._uses_sac:
-            g, m = self._sac_grads(params, post, batch, k_sac)
+            g, m = self._sac_grads(params, targets, post, batch, k_sac)
             metrics.update(m)
-            grads["sac_critic"] = g["critic"]
-            grads["alpha"] = g["log_alpha"]
+            grads["sac"] = {"critic": g["critic"], "log_alpha": g["log_alpha"]}
             if b.learner == "sac":
-                grads["sac_actor"] = g["actor"]
+                grads["sac"]["actor"] = g["actor"]
             else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
                 grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])
-        for name, g in grads.items():
-            metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
+        for path in optimizer_paths(self.optimizers):
+            if has_path(grads, path):
+                metrics["grad_norm/" + "/".join(path)] = optax.tree.norm(get_path(grads, path))
         return grads, metrics, aux
 
     def inspect_update(
@@ -514,35 +674,28 @@ class Agent:
             self._inspect_jit = jax.jit(self._gradients)
         self.check_batch(batch, leading=2)
         _, _, key = jax.random.split(state.key, 3)
-        return self._inspect_jit(state.params, batch, noise, key)
+        return self._inspect_jit(state.params, state.targets, batch, noise, key)
 
     def update_with_noise(self, state: TrainState, batch, noise, key) -> tuple[TrainState, dict]:
         """One update on one batch `(B, T, ...)` with the given sampling `noise`
         (`draw_noise`'s layout); `key` feeds the rest (modality drops, SAC). Pure; the
         train step scans it, and a parity check calls it with shared noise."""
-        b = self.config.behavior
-        params = state.params
-        grads, metrics, _ = self._gradients(params, batch, noise, key)
-        new_params = dict(params)
-        new_opt = dict(state.opt_state)
-        for name, opt in self.optimizers.items():
-            if name not in grads:
+        params, targets, opt_state = state.params, state.targets, state.opt_state
+        grads, metrics, _ = self._gradients(params, targets, batch, noise, key)
+        for path in optimizer_paths(self.optimizers):
+            if not has_path(grads, path):  # e.g. a planner's actor-critic without a learner
                 continue
-            target = self._trainable(params, name)
-            updates, new_opt[name] = opt.update(grads[name], state.opt_state[name], target)
-            new_target = optax.apply_updates(target, updates)
-            new_params = self._set_trainable(new_params, name, new_target)
-        if "slow_value" in params:
-            new_params["slow_value"] = behavior.ema_update(
-                params["slow_value"], new_params["value"], b.slow_value_decay
+            online = get_path(params, path)
+            updates, new = get_path(self.optimizers, path).update(
+                get_path(grads, path), get_path(opt_state, path), online
             )
-        if self._uses_sac:
-            sac_p = dict(new_params["sac"])
-            sac_p["target_critic"] = sac.polyak_update(
-                params["sac"]["target_critic"], sac_p["critic"], b.sac_tau
-            )
-            new_params["sac"] = sac_p
-        return TrainState(new_params, new_opt, state.key, state.step + 1), metrics
+            opt_state = set_path(opt_state, path, new)
+            params = set_path(params, path, optax.apply_updates(online, updates))
+        # Each target towards its online network as updated (sac.polyak_update's form).
+        for path, decay in self.target_decays.items():
+            moved = behavior.ema_update(get_path(targets, path), get_path(params, path), decay)
+            targets = set_path(targets, path, moved)
+        return TrainState(params, targets, opt_state, state.key, state.step + 1), metrics
 
     def _make_train_fn(self):
         def update(state: TrainState, batch):
@@ -557,15 +710,6 @@ class Agent:
             return state, jax.tree.map(jnp.mean, metrics)
 
         return train_fn
-
-    def _set_trainable(self, params, name, value):
-        if name in ("sac_critic", "sac_actor", "alpha"):
-            sac_p = dict(params["sac"])
-            sac_p[{"sac_critic": "critic", "sac_actor": "actor", "alpha": "log_alpha"}[name]] = (
-                value
-            )
-            return {**params, "sac": sac_p}
-        return {**params, name: value}
 
     # ------------------------------------------------------------------ acting
     def _make_act_fn(self):
@@ -583,7 +727,7 @@ class Agent:
                 lambda x: x * keep.reshape((-1,) + (1,) * (x.ndim - 1)), carry["state"]
             )
             prev_action = carry["action"] * keep[:, None]
-            x = self.preprocess(obs)
+            x = self.preprocess(obs, norm=params.get("obs_norm"))  # centre crop, if any
             flags = {m: x[f"{m}_flag"] for m in self.modalities}
             embeds = self.nets.encode(wm, x)
             k_fuse, k_post = jax.random.split(k_obs)
@@ -593,7 +737,8 @@ class Agent:
             feat = mssm.features(post)
             if b.learner == "sac":
                 det = jnp.concatenate([post["mean"], post["deter"]], axis=-1)
-                d = dist.actor_distribution(self.nets.sac_actor.apply(params["sac"]["actor"], det))
+                raw = self.nets.sac_actor.apply(params["sac"]["actor"], det)
+                d = dist.actor_distribution(raw, **self._sac_std)
             else:
                 d = dist.actor_distribution(self.nets.actor.apply(params["actor"], feat))
             if b.planner == "latent_mpc":
@@ -614,9 +759,11 @@ class Agent:
                 )
             elif training or b.eval_mode == "sample":
                 action = d.sample(k_act)
+            elif b.eval_mode == "mean":  # CoRAL evaluates tanh(mean) (coral.md §5.4)
+                action = d.deterministic()
             else:
                 action = d.mode(k_act)
-            if training:
+            if training and b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
                 action = action + b.expl_noise * jax.random.normal(k_noise, action.shape)
             action = jnp.clip(action, -1.0, 1.0)
             return action, {"state": post, "action": action}

@@ -11,7 +11,10 @@ whose body is `flax.serialization.msgpack_serialize` of
 with every PRNG key stored as its raw uint32 key data. NumPy arrays keep their dtype and
 bytes, so a restored state is bit-identical to the saved one (resume is exact on CPU); `meta`
 carries the host-side counters and the replay RNG, whose 128-bit PCG64 state does not fit a
-msgpack integer. The digest turns any corruption into an error rather than wrong numbers.
+msgpack integer. The digest turns any corruption into an error rather than wrong numbers. A saved
+`agent.TrainState` of the first layout (`params, opt_state, key, step`, target networks in
+`params`, optimiser states by name) is moved into the current one when read (`upgrade`),
+so runs saved before it resume.
 Files are written to a temporary file in the same folder, fsynced and renamed
 (`atomic_write`), so a kill never leaves a half-written checkpoint; the newest `keep` stay.
 """
@@ -113,11 +116,50 @@ def read(path: str) -> tuple[dict, dict]:
         if hashlib.sha256(body).hexdigest() != outer["sha256"]:
             raise ValueError("checksum mismatch")
         content = serialization.msgpack_restore(body)
-        return content["state"], json.loads(content["meta"])
+        return upgrade(content["state"]), json.loads(content["meta"])
     except Exception as e:  # noqa: BLE001 - any unreadable file is a corrupt checkpoint
         raise CheckpointError(
             f"corrupt checkpoint {path} ({_why(e)}); delete it to resume from the previous one"
         ) from None
+
+
+# The first TrainState layout's optimiser names -> their parameters' paths in the current one.
+_OLD_OPTIMIZERS = {
+    "sac_critic": ("sac", "critic"),
+    "sac_actor": ("sac", "actor"),
+    "alpha": ("sac", "log_alpha"),
+}
+
+
+def upgrade(saved: dict) -> dict:
+    """A saved state dict in the current `agent.TrainState` layout; others pass unchanged.
+
+    The first layout, `{"params", "opt_state", "key", "step"}`, kept the target networks in
+    `params` (`params["slow_value"]`, `params["sac"]["target_critic"]`) and named the SAC
+    optimiser states `"sac_critic"`, `"sac_actor"` and `"alpha"`. They move to `targets["value"]`,
+    `targets["sac"]["critic"]` and `opt_state["sac"]["critic" | "actor" | "log_alpha"]`; the
+    arrays themselves are untouched."""
+    if not isinstance(saved, dict) or set(saved) != {"params", "opt_state", "key", "step"}:
+        return saved
+    params, opt_state, targets = dict(saved["params"]), {}, {}
+    if "slow_value" in params:
+        targets["value"] = params.pop("slow_value")
+    if isinstance(params.get("sac"), dict) and "target_critic" in params["sac"]:
+        params["sac"] = dict(params["sac"])
+        targets["sac"] = {"critic": params["sac"].pop("target_critic")}
+    for name, value in saved["opt_state"].items():
+        if name in _OLD_OPTIMIZERS:
+            group, key = _OLD_OPTIMIZERS[name]
+            opt_state.setdefault(group, {})[key] = value
+        else:
+            opt_state[name] = value
+    return {
+        "params": params,
+        "targets": targets,
+        "opt_state": opt_state,
+        "key": saved["key"],
+        "step": saved["step"],
+    }
 
 
 def fill(path: str, saved: dict, template):

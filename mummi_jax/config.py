@@ -21,12 +21,12 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from mummi_jax.envs.tasks import IMAGE_MODALITIES, task_info, task_modalities
+from mummi_jax.envs.tasks import IMAGE_MODALITIES, PARTIAL_PROPRIO, task_info, task_modalities
 from mummi_jax.optim import ADAM_FORMS
 
 METHODS = ("mummi", "mummi_b", "mssm_e", "cvrl", "dreamer", "coral_v", "coral_p")
 FIDELITIES = ("reference", "paper")
-SIZES = ("paper", "tiny")
+SIZES = ("paper", "small", "tiny")
 FUSIONS = ("poe", "concat")
 POE_FORMS = ("reference", "gaussian")
 LEARNERS = ("imagination", "sac", "none")
@@ -60,6 +60,15 @@ class EnvConfig:
     missing_test: tuple[float, ...] = (0.0, 0.05, 0.10)  # paper: (0.0, 0.375, 0.75)
     missing_eval: float = 0.05  # periodic evaluation during training (released code: p = 0.05)
     max_missing_len: int = 14
+    # Which proprioception a DMC task observes: "full" (every dm_control state observation,
+    # flattened) or "partial" (CoRAL Table 1: only the robot's own joints, so that the rest of
+    # the state must come from the image; envs/tasks.py PARTIAL_PROPRIO lists the slices).
+    proprio: str = "full"
+    # Extra pixels of rendered side length over env.image_size (CoRAL §3.5: 76 = 64 + 12).
+    # 0: the env renders image_size. > 0: the agent trains on random image_size
+    # crops of its contrastive image modalities (the same crop for a whole sequence) and sees
+    # the centre crop everywhere else (acting, evaluation, reconstructed images).
+    crop_margin: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,9 @@ class ModelConfig:
     value_layers: int = 3
     actor_layers: int = 4
     min_std: float = 0.1
+    # Hidden layers (of `hidden` units, ELU) in each of the RSSM's three MLPs: before the GRU,
+    # the prior after it and the posterior. MuMMI/Dreamer v1: 1; CoRAL App. B.1: 2.
+    rssm_layers: int = 1
     # The released code's Gaussian sampler draws one noise vector per RSSM step and shares
     # it across every row of the batch (observe scan and imagination; reference-parity.md);
     # False draws independent noise per row (the paper's and CoRAL's reading).
@@ -101,6 +113,10 @@ class ModelConfig:
     touch_scale: str = "div200"  # "div200" (MuMMI) | "raw" (CVRL, Dreamer) | "log1p"
     depth_scale: float = 200.0
     decoder_touch_hidden: int = 96
+    # "zscore": proprioception minus the mean, over the std, of the prefill (random-policy)
+    # episodes, std < 1e-2 taken as 1 (CoRAL App. B; set once by the runner after the
+    # prefill, kept in the checkpoint); "none": raw.
+    proprio_norm: str = "none"
     precision: str = "float32"  # "bfloat16": conv and expert layers compute in bf16
     # Encoder convs and decoder transposed convs: "xla" (lax.conv*) or "matmul" (one matmul
     # per layer; same parameters and outputs); "auto" is resolve_conv_impl's choice
@@ -126,6 +142,10 @@ class LossConfig:
     modality_drop: float = 0.0  # MSSM-e: probability of dropping each present modality
     coral_temp_init: float = 1.0
     coral_temp_lr: float = 2e-3
+    # Features the reconstruction terms read: "posterior" [s_t, h_t] (MuMMI, Dreamer, V-CoRAL)
+    # or "prior" [s_t ~ p(s_t | h_t), h_t] for t >= 1, the one-step-ahead likelihood of
+    # P-CoRAL (CoRAL eq. 4).
+    recon_latent: str = "posterior"
 
 
 @dataclass(frozen=True)
@@ -148,13 +168,20 @@ class BehaviorConfig:
     sac_hidden: int = 400
     sac_layers: int = 3
     sac_init_alpha: float = 1.0
+    # CoRAL's model-free actor: pre-tanh std = softplus(raw + softplus^-1(init)) + min
+    # (coral.md §4.1: e^-4 and 0.005); the defaults are Dreamer v1's (the CVRL hybrid term
+    # uses the imagination actor, which always keeps them).
+    sac_init_std: float = 5.0
+    sac_min_std: float = 1e-4
     planner: str = "latent_mpc"
     mpc_iters: int = 1
     mpc_lr: float = 0.003
     mpc_horizon: int = 15
     mpc_first_action_only: bool = True  # released code: one step on a_0 only
-    expl_noise: float = 0.3
-    eval_mode: str = "sample"  # "sample" (reference MuMMI) | "mode"
+    expl_noise: float = 0.3  # Gaussian noise added to training actions (0: none, CoRAL SAC)
+    # "sample" (reference MuMMI) | "mode" (best of 100 samples, Dreamer v1) | "mean"
+    # (tanh of the Gaussian mean, CoRAL's evaluation)
+    eval_mode: str = "sample"
 
 
 @dataclass(frozen=True)
@@ -170,6 +197,10 @@ class OptimConfig:
     # (mummi_jax/optim.py); "optax": optax.adam (epsilon on the bias-corrected moments).
     adam: str = "keras"
     clip: float = 30.0  # MuMMI repo 30, CVRL repo 100
+    # SAC critic's and alpha's own global-norm clips (CoRAL: 100 and 1). 0 keeps the older
+    # behaviour: the critic clips at optim.clip, alpha is not clipped.
+    sac_critic_clip: float = 0.0
+    alpha_clip: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -433,7 +464,24 @@ def _dreamer(c: Config) -> Config:
     return override(c, {"behavior.planner": planner})
 
 
+# CoRAL's model-free action repeat per DMC task (coral.md §5.1, its DMC wrapper's defaults);
+# every other task 2, which is also its model-based agent's for all tasks.
+CORAL_ACTION_REPEAT = {
+    "cup_catch": 4,
+    "cartpole_balance": 8,
+    "cartpole_swingup": 8,
+    "cheetah_run": 4,
+    "reacher_easy": 4,
+}
+
+
 def _coral(c: Config, variant: str) -> Config:
+    """CoRAL's model-free agents (coral.md §2-§6, DMC): README.md "CoRAL" lists each value."""
+    task = c.env.task
+    info = task_info(task)
+    # Image + proprioception, CoRAL's two sensors, where the task has both (DMC); other
+    # suites keep their own modalities.
+    dmc = info.suite == "dmc"
     c = override(
         c,
         {
@@ -442,25 +490,50 @@ def _coral(c: Config, variant: str) -> Config:
             "loss.weights": "image=1,depth=1,touch=1,proprio=1",
             "model.touch_scale": "log1p",
             "model.shared_noise": False,  # CoRAL's PyTorch sampler: one draw per row
+            "model.stoch": 64,
+            "model.hidden": 400,
+            "model.rssm_layers": 2,
+            "model.proprio_norm": "zscore",
             "loss.kl_mode": "per_step",
             "loss.free_nats": 1.0,
             "optim.model_lr": 3e-4,
             "optim.eps": 1e-8,
             "optim.adam": "optax",  # CoRAL's PyTorch Adam corrects the moments
-            "optim.clip": 10.0,
+            "optim.clip": 10.0,  # the model's and the SAC actor's
+            "optim.sac_critic_clip": 100.0,
+            "optim.alpha_clip": 1.0,
             "behavior.planner": "none",
             "behavior.learner": "sac",
             "behavior.sac_hidden": 1024,
             "optim.sac_lr": 1e-3,
             "behavior.sac_init_alpha": 0.1,
             "behavior.sac_tau": 0.005,
-            "behavior.eval_mode": "mode",
+            "behavior.sac_init_std": 0.01831563888873418,  # e^-4
+            "behavior.sac_min_std": 0.005,
+            "behavior.expl_noise": 0.0,  # the SAC policy's own samples explore
+            "behavior.eval_mode": "mean",
+            "env.missing": "none",  # CoRAL has no missing data
+            "env.crop_margin": 12,  # render 76, train on random 64 crops
+            "train.batch": 32,
+            "train.length": 32,
         },
     )
+    if dmc:
+        c = override(
+            c,
+            {
+                "env.modalities": ("image", "proprio"),
+                "env.proprio": "partial" if task in PARTIAL_PROPRIO else "full",
+                "env.action_repeat": CORAL_ACTION_REPEAT.get(task, 2),
+            },
+        )
     if variant == "coral_v":
         c = override(c, {"loss.kl_balance": 0.8, "loss.kl_scale": 1.0})
     else:
-        c = override(c, {"loss.kl_balance": 0.0, "loss.kl_scale": 0.001})
+        # P-CoRAL: every observation term on the one-step prior, a small unbalanced KL.
+        c = override(
+            c, {"loss.kl_balance": 0.0, "loss.kl_scale": 0.001, "loss.recon_latent": "prior"}
+        )
     return c
 
 
@@ -539,6 +612,53 @@ def _tiny(c: Config) -> Config:
     )
 
 
+def _small(c: Config) -> Config:
+    """The CPU budget of `experiments.reproduce --budget=cpu`: about 45 minutes per run on a
+    2-core CPU (RESULTS.md says what it learns). The paper's RSSM and schedule shape, smaller
+    images, encoders and batches (issue 14's measurements, RESULTS.md "Why tiny does not
+    learn walker")."""
+    return override(
+        c,
+        {
+            "env.image_size": 32,
+            "env.time_limit": 500,
+            "model.cnn_depth": 32,
+            "model.cnn_layers": 3,
+            "model.touch_hidden": 64,
+            "model.touch_layers": 2,
+            "model.proprio_hidden": 128,
+            "model.proprio_layers": 2,
+            "model.embed": 256,
+            "model.expert_hidden": 256,
+            "model.fused": 256,
+            "model.deter": 200,
+            "model.stoch": 30,
+            "model.hidden": 200,
+            "model.units": 200,
+            "model.cvrl_obs_hidden": 128,
+            "model.cvrl_state_hidden": 128,
+            "model.coral_proj": 32,
+            "model.coral_state_hidden": 128,
+            "model.decoder_touch_hidden": 64,
+            "behavior.mpc_horizon": 5,
+            "behavior.sac_hidden": 128,
+            "optim.actor_lr": 2e-4,
+            "optim.value_lr": 2e-4,
+            # 60k env steps (120 walker episodes) and 50 updates per 1000: about 3,100 updates
+            # of 0.5-0.6 s, the 45 minutes' compute with the environment and evaluations.
+            "train.steps": 60_000,
+            "train.batch": 16,
+            "train.length": 32,
+            "train.prefill_episodes": 5,
+            "train.train_every": 1000,
+            "train.train_steps": 50,
+            "train.updates_per_call": 10,
+            "train.eval_every": 5000,
+            "train.replay_capacity": 200_000,
+        },
+    )
+
+
 # Per-task environment defaults that the presets do not decide.
 TASK_DEFAULTS = {
     "wipe": {
@@ -571,6 +691,8 @@ def make_config(
         config = override(config, {key: value})
     if size == "tiny":
         config = _tiny(config)
+    elif size == "small":
+        config = _small(config)
     # Preset weights name every modality a suite can have; keep the ones this run has, which
     # an override of env.modalities decides (weights the user sets are checked, not trimmed).
     overrides = overrides if isinstance(overrides, dict) else list(overrides)
@@ -607,6 +729,10 @@ def _restrict_rep(config: Config, modalities) -> Config:
 
 
 CONV_IMPLS = ("auto", "xla", "matmul")
+EVAL_MODES = ("sample", "mode", "mean")
+PROPRIO_NORMS = ("none", "zscore")
+RECON_LATENTS = ("posterior", "prior")
+PROPRIO_SETS = ("full", "partial")
 AFTER_PREFILL = ("pretrain", "catch_up")
 
 
@@ -652,12 +778,14 @@ def min_image_size(cnn_layers: int) -> int:
 # is built, so that e.g. train.batch=-3 fails at once rather than after the prefill.
 _MODEL_SIZES = """cnn_depth cnn_layers touch_hidden touch_layers proprio_hidden proprio_layers embed
     expert_hidden fused deter stoch hidden units reward_layers value_layers actor_layers
-    cvrl_obs_hidden cvrl_state_hidden coral_proj coral_state_hidden decoder_touch_hidden"""
+    cvrl_obs_hidden cvrl_state_hidden coral_proj coral_state_hidden decoder_touch_hidden
+    rssm_layers"""
 _AT_LEAST = (
     ("env.image_size", 1),
     ("env.action_repeat", 1),
     ("env.time_limit", 1),
     ("env.max_missing_len", 1),
+    ("env.crop_margin", 0),  # 0: no crop
     *((f"model.{k}", 1) for k in _MODEL_SIZES.split()),
     ("behavior.horizon", 2),  # lambda-returns bootstrap from the last of >= 2 imagined states
     ("behavior.mpc_iters", 0),  # 0: act with the actor's sample
@@ -683,7 +811,7 @@ _AT_LEAST = (
 # Float options that must be > 0, and ones that must lie in [0, 1] (rates, probabilities).
 _POSITIVE = """model.min_std model.depth_scale optim.model_lr optim.actor_lr optim.value_lr
     optim.sac_lr optim.eps optim.clip behavior.sac_init_alpha behavior.mpc_lr
-    loss.coral_temp_init""".split()
+    loss.coral_temp_init behavior.sac_init_std behavior.sac_min_std""".split()
 _UNIT = """env.missing_train env.missing_eval behavior.gamma behavior.lam behavior.slow_value_decay
     behavior.sac_tau""".split()
 BACKGROUNDS = ("default", "none", "procedural")  # or a folder of videos/images
@@ -764,7 +892,20 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
     _check_choice("behavior.learner", b.learner, LEARNERS)
     _check_choice("behavior.planner", b.planner, PLANNERS)
     _check_choice("behavior.sac_pairing", b.sac_pairing, ("time", "batch"))
-    _check_choice("behavior.eval_mode", b.eval_mode, ("sample", "mode"))
+    _check_choice("behavior.eval_mode", b.eval_mode, EVAL_MODES)
+    _check_choice("model.proprio_norm", m.proprio_norm, PROPRIO_NORMS)
+    _check_choice("loss.recon_latent", loss.recon_latent, RECON_LATENTS)
+    _check_choice("env.proprio", e.proprio, PROPRIO_SETS)
+    if e.proprio == "partial" and e.task not in PARTIAL_PROPRIO:
+        raise ValueError(
+            f"env.proprio='partial' has no split for task {e.task!r} (CoRAL Table 1 covers "
+            f"{', '.join(sorted(PARTIAL_PROPRIO))}); use --set env.proprio=full"
+        )
+    for key in ("behavior.expl_noise", "optim.sac_critic_clip", "optim.alpha_clip"):
+        if not _get(config, key) >= 0:
+            raise ValueError(
+                f"{key}={_get(config, key)} must be >= 0 (0: off); set --set {key}=<n> with n >= 0"
+            )
     _check_choice("env.missing", e.missing, MISSING_PROCESSES)
     _check_choice("env.composite", e.composite, ("segmentation", "red_threshold"))
     if not 0 <= loss.kl_balance < 1:
@@ -821,6 +962,12 @@ def check_logdir(logdir: str, config) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
+    try:
+        # A run saved before an option existed ran with the option's default (new options
+        # default to the old behaviour), so it resumes under the code that added it.
+        saved = json.loads(from_dict(saved).to_json())
+    except (ValueError, TypeError):
+        pass  # a key this code no longer knows: compared as saved, reported below
     new = json.loads(config.to_json())
     diffs = []
     for key in sorted(set(saved) | set(new)):

@@ -120,8 +120,10 @@ def run_episode(env, policy, modalities, episode_seed: int | None = None, extra=
 
 
 def env_kwargs_from_config(config) -> dict:
-    """The `envs.make` options a config implies (training environment)."""
+    """The `envs.make` options a config implies (training environment). Images are rendered
+    `env.crop_margin` pixels larger than `env.image_size`: the agent crops them back."""
     e = config.env
+    size = e.image_size + e.crop_margin
     kwargs = {
         "name": e.task,
         "modalities": e.modalities,
@@ -133,7 +135,7 @@ def env_kwargs_from_config(config) -> dict:
     suite = envs.task_info(e.task).suite
     if suite == "dmc":
         kwargs.update(
-            image_size=e.image_size,
+            image_size=size,
             action_repeat=e.action_repeat,
             background=e.background,
             composite=e.composite,
@@ -141,8 +143,10 @@ def env_kwargs_from_config(config) -> dict:
             # Empty: the task's default site (validated against the task in config.validate).
             touch_site=e.touch_site or None,
         )
+        if e.proprio != "full":  # CoRAL's partial proprioception
+            kwargs["proprio"] = e.proprio
     elif suite == "toy":
-        kwargs.update(image_size=e.image_size, action_repeat=e.action_repeat)
+        kwargs.update(image_size=size, action_repeat=e.action_repeat)
     else:
-        kwargs.update(image_size=e.image_size)
+        kwargs.update(image_size=size)
     return kwargs

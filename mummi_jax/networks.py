@@ -270,20 +270,36 @@ class RSSMCell(nn.Module):
     here: the caller decides its shape (one row per batch element, or one row shared by the
     whole batch as the released code's sampler does, `model.shared_noise`), and a parity
     check can feed the noise another implementation used.
+
+    `layers` ELU layers of `hidden` units precede the GRU, the prior's output and the
+    posterior's: 1 in MuMMI and Dreamer v1, 2 in CoRAL (App. B.1, 2 x 400). The extra layers
+    are `img1_more_i`, `img2_more_i`, `obs1_more_i`, so one layer keeps the released tree.
     """
 
     stoch: int = 30
     deter: int = 200
     hidden: int = 200
     min_std: float = 0.1
+    layers: int = 1
 
     def setup(self):
+        more = lambda: [dense(self.hidden) for _ in range(self.layers - 1)]
         self.img1 = dense(self.hidden)
+        self.img1_more = more()
         self.gru = KerasGRU(self.deter)
         self.img2 = dense(self.hidden)
+        self.img2_more = more()
         self.img3 = dense(2 * self.stoch)
         self.obs1 = dense(self.hidden)
+        self.obs1_more = more()
         self.obs2 = dense(2 * self.stoch)
+
+    @staticmethod
+    def _mlp(first, more, x):
+        x = nn.elu(first(x))
+        for layer in more:
+            x = nn.elu(layer(x))
+        return x
 
     def _dist(self, raw):
         mean, std = jnp.split(raw, 2, axis=-1)
@@ -291,9 +307,9 @@ class RSSMCell(nn.Module):
 
     def img_step(self, prev, action, noise):
         """Prior step; `noise` broadcasts to `(..., S)`."""
-        x = nn.elu(self.img1(jnp.concatenate([prev["stoch"], action], -1)))
+        x = self._mlp(self.img1, self.img1_more, jnp.concatenate([prev["stoch"], action], -1))
         deter = self.gru(x, prev["deter"])
-        mean, std = self._dist(self.img3(nn.elu(self.img2(deter))))
+        mean, std = self._dist(self.img3(self._mlp(self.img2, self.img2_more, deter)))
         stoch = mean + std * noise
         return {"mean": mean, "std": std, "stoch": stoch, "deter": deter}
 
@@ -301,7 +317,7 @@ class RSSMCell(nn.Module):
         """Prior then posterior step; `noise` is `(2, ...)`: [0] for the prior sample, [1]
         for the posterior's, each broadcasting to `(..., S)`."""
         prior = self.img_step(prev, action, noise[0])
-        x = nn.elu(self.obs1(jnp.concatenate([prior["deter"], fused], -1)))
+        x = self._mlp(self.obs1, self.obs1_more, jnp.concatenate([prior["deter"], fused], -1))
         mean, std = self._dist(self.obs2(x))
         stoch = mean + std * noise[1]
         post = {"mean": mean, "std": std, "stoch": stoch, "deter": prior["deter"]}

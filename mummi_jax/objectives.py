@@ -18,7 +18,8 @@ The built-in entries, in the order their terms are summed (and their heads initi
 - `bilinear_nce`: CVRL's InfoNCE with the bilinear score `exp(z^T W x)` of the concatenated
   embeddings of its modalities (CVRL Sec. 3.1, eq. 5); head `cvrl`; one unweighted term.
 - `recon`: the reconstruction term of the ELBO, `-lambda^m log p(x^m | s)` (MuMMI eq. 10,
-  Dreamer); one head `dec_<m>` per modality.
+  Dreamer); one head `dec_<m>` per modality; `loss.recon_latent="prior"` decodes the
+  one-step prior features instead (P-CoRAL, CoRAL eq. 4).
 - `coral_v` / `coral_p`: CoRAL's symmetric InfoNCE with a learned temperature between the
   observation embedding and the posterior (V) or prior (P) features (CoRAL eq. 3-4); one head
   `coral_<m>` per modality; the temperature trains at `loss.coral_temp_lr`.
@@ -230,12 +231,27 @@ def _decoders_init(modules, keys, embeds, feat):
     return {name: module.init(keys[name], feat) for name, module in modules.items()}
 
 
+def prior_features(prior: dict) -> jax.Array:
+    """[s_t ~ p(s_t | h_t), h_t] `(B, T, S + D)`: the one-step-ahead features of P-CoRAL's
+    terms (CoRAL eq. 4, "prior features"); at t = 0 they come from the zero state."""
+    return jnp.concatenate([prior["stoch"], prior["deter"]], axis=-1)
+
+
 def _recon_loss(ctx: LossContext, modalities):
-    """`sum_m lambda^m E[-log p(x^m | s)]`, the ELBO's reconstruction terms (MuMMI eq. 10)."""
+    """`sum_m lambda^m E[-log p(x^m | s)]`, the ELBO's reconstruction terms (MuMMI eq. 10).
+
+    `loss.recon_latent="prior"` decodes the prior features instead, for t >= 1: the
+    one-step-ahead likelihood E[log p(o_t | z_{t-1}, a_{t-1})] of P-CoRAL (CoRAL eq. 4); the
+    posterior then reaches these terms only through h_t (coral.md §3.2)."""
+    feat, obs, flags = ctx.feat, ctx.obs, ctx.flags
+    if ctx.config.loss.recon_latent == "prior":
+        feat = prior_features(ctx.prior)[:, 1:]
+        obs = {m: obs[m][:, 1:] for m in modalities}
+        flags = {m: flags[m][:, 1:] for m in modalities}
     total, metrics = 0.0, {}
     for m in modalities:
-        pred = ctx.wm.apply(ctx.params, f"dec_{m}", ctx.feat)
-        loss = losses.reconstruction_loss(pred, ctx.obs[m], ctx.flags[m])
+        pred = ctx.wm.apply(ctx.params, f"dec_{m}", feat)
+        loss = losses.reconstruction_loss(pred, obs[m], flags[m])
         metrics[f"wm/recon/{m}"] = loss
         total = total + ctx.weights[m] * loss
     return total, metrics
@@ -260,10 +276,7 @@ def _coral_init(modules, keys, embeds, feat):
 def _coral_loss(variant: str):
     def loss_fn(ctx: LossContext, modalities):
         """CoRAL's symmetric InfoNCE, posterior (V) or prior (P) features (CoRAL eq. 3-4)."""
-        if variant == "coral_v":
-            state_feat = ctx.feat
-        else:
-            state_feat = jnp.concatenate([ctx.prior["stoch"], ctx.prior["deter"]], axis=-1)
+        state_feat = ctx.feat if variant == "coral_v" else prior_features(ctx.prior)
         total, metrics = 0.0, {}
         for m in modalities:
             e, f, fl = ctx.embeds[m], state_feat, ctx.flags[m]

@@ -252,6 +252,7 @@ class Runner:
                 if not active:
                     break
                 added, returns = self._collect(env_set, stacked, counters, active)
+                stacked = self._set_input_stats(stacked, counters, active)
                 stacked = self._train_due(stacked, counters, active)
                 self._evaluate_due(stacked, counters, added)
                 self._save(stacked, counters, active)
@@ -365,6 +366,27 @@ class Runner:
         return policy
 
     # ------------------------------------------------------------------ training
+    def _set_input_stats(self, stacked, counters, active):
+        """Sets the input statistics (`Agent.with_input_stats`: CoRAL's z-scored
+        proprioception) of every seed whose prefill is done and who has not trained yet, from
+        its prefill episodes (all its stored ones if capacity dropped them), once per run:
+        a checkpoint keeps them. One host round trip of the stacked state."""
+        t = self.config.train
+        due = [
+            i
+            for i in active
+            if counters[i]["episodes"] >= t.prefill_episodes and counters[i]["updates"] == 0
+        ]
+        if not due or not self.agent.uses_input_stats:
+            return stacked
+        states = self.parallel.states(stacked)
+        for i in due:
+            replay = self.runs[i].replay
+            pairs = zip(replay.indices, replay.episodes, strict=True)
+            episodes = [ep for idx, ep in pairs if idx < t.prefill_episodes] or replay.episodes
+            states[i] = self.agent.with_input_stats(states[i], episodes)
+        return self.parallel.put_states(states)
+
     def _train_due(self, stacked, counters, active):
         """Every train phase the seeds' counters ask for: one per `train.train_every` env steps
         since the last, once a seed's prefill is done. Phases run for all seeds together,

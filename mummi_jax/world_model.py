@@ -104,7 +104,7 @@ class WorldModel:
                 mods[f"expert_{name}"] = networks.ExpertHead(
                     m.expert_hidden, m.fused, m.min_std, dtype
                 )
-        mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std)
+        mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std, m.rssm_layers)
         mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1)
         # Representation heads (objectives.py): heads shared over modalities first, in
         # registry order, then each modality's own, in the task's order. `init` draws their

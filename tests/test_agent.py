@@ -7,11 +7,12 @@ import re
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax.agent import Agent
+from mummi_jax.agent import Agent, get_path, optimizer_paths
 from mummi_jax.parallel import SeedParallel
 
 
@@ -27,6 +28,7 @@ def walker_spec(touch: int = 2) -> dict:
 
 
 ACTION6 = specs.BoundedArray((6,), np.float32, -1.0, 1.0)
+ACTION2 = specs.BoundedArray((2,), np.float32, -1, 1)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +83,7 @@ TINY = [
 @pytest.mark.parametrize("method", C.METHODS)
 def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     cfg = C.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
-    spec = toy_spec()
+    spec = toy_spec(16 + cfg.env.crop_margin)  # CoRAL renders a margin it crops off
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     # The train step of a single run (`runner.Runner`: one seed through SeedParallel), with
     # 2 updates per call at tests/test_loop.py's SMALL shapes: that file's runs of the same
@@ -125,6 +127,70 @@ def _loss_floor(cfg, agent, batch):
             present = batch[f"{m}_flag"].mean() * (1.0 - cfg.loss.modality_drop)
             floor += weights[m] * half_log_2pi * dims * present
     return floor
+
+
+IMAGINATION = {("wm",), ("actor",), ("value",)}
+HYBRID_SAC = {("sac", "critic"), ("sac", "log_alpha")}
+MODEL_FREE_SAC = {("wm",), ("sac", "critic"), ("sac", "actor"), ("sac", "log_alpha")}
+
+
+def _dict_paths(tree, prefix=()):
+    """Paths of a nested dict's non-dict values (optax states, arrays)."""
+    if not isinstance(tree, dict):
+        return {prefix}
+    return {p for k, v in tree.items() for p in _dict_paths(v, (*prefix, k))}
+
+
+@pytest.mark.parametrize(
+    "method, fidelity, overrides, trained, targets",
+    [
+        *[(m, "reference", [], IMAGINATION, set()) for m in ("mummi", "mummi_b", "mssm_e")],
+        ("cvrl", "reference", [], IMAGINATION, set()),
+        ("cvrl", "paper", [], IMAGINATION | HYBRID_SAC, {("sac", "critic")}),
+        ("dreamer", "reference", [], IMAGINATION, set()),
+        ("dreamer", "reference", ["behavior.slow_value=true"], IMAGINATION, {("value",)}),
+        ("coral_v", "reference", [], MODEL_FREE_SAC, {("sac", "critic")}),
+        ("coral_p", "reference", [], MODEL_FREE_SAC, {("sac", "critic")}),
+        ("coral_v", "walker", [], MODEL_FREE_SAC, {("sac", "critic")}),  # with obs_norm
+    ],
+)
+def test_optimiser_states_and_targets_are_keyed_like_the_parameters(
+    method, fidelity, overrides, trained, targets
+):
+    """`TrainState.opt_state` has one optax state at the path of each trained subtree of
+    `params` (its moments shaped like that subtree); `targets` holds each target network at
+    the path of the network it tracks, shaped like it."""
+    if fidelity == "walker":  # CoRAL's image + proprio: params["obs_norm"], never trained
+        cfg = C.make_config(method, "walker_walk", "tiny", overrides=TINY)
+        spec = {
+            "image": specs.Array((16 + cfg.env.crop_margin,) * 2 + (3,), np.uint8),
+            "proprio": specs.Array((5,), np.float32),
+        }
+        spec.update({f"{m}_flag": specs.Array((), np.float32) for m in list(spec)})
+    else:
+        cfg = C.make_config(
+            method, "toy_position_camera", "tiny", fidelity, overrides=TINY + overrides
+        )
+        spec = toy_spec(16 + cfg.env.crop_margin)
+    agent = Agent(cfg, spec, ACTION2)
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    assert set(optimizer_paths(agent.optimizers)) == trained
+    assert _dict_paths(state.opt_state) == trained
+    untrained = {k for k in state.params if not any(p[0] == k for p in trained)}
+    assert untrained == ({"obs_norm"} if fidelity == "walker" else set())
+    for path in trained:
+        params = get_path(state.params, path)
+        moments = optax.tree_utils.tree_get_all_with_path(get_path(state.opt_state, path), "mu")
+        assert moments, path
+        for _, mu in moments:
+            assert jax.tree.structure(mu) == jax.tree.structure(params), path
+            assert jax.tree.map(lambda x: x.shape, mu) == jax.tree.map(lambda x: x.shape, params)
+    assert set(agent.target_decays) == targets
+    # Nothing else: `{}` when the method has no target network.
+    assert all(any(p[: len(t)] == t for t in targets) for p in _dict_paths(state.targets))
+    for path in targets:
+        want = jax.tree.map(lambda x: (x.shape, x.dtype), get_path(state.params, path))
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), get_path(state.targets, path)) == want
 
 
 def test_act_step_gives_bounded_actions_and_keeps_its_latent():
@@ -185,9 +251,6 @@ def test_agent_rejects_a_spec_without_the_configured_modalities():
     del spec["touch"], spec["touch_flag"]
     with pytest.raises(ValueError, match="observation spec lacks"):
         Agent(cfg, spec, ACTION6)
-
-
-ACTION2 = specs.BoundedArray((2,), np.float32, -1, 1)
 
 
 def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f32():

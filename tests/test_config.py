@@ -43,6 +43,8 @@ def test_preset_values_follow_the_reference_code():
     assert paper.env.missing == "paper" and paper.env.missing_test == (0.0, 0.375, 0.75)
     assert C.make_config("mummi", "wipe").model.fused == 256
     coral = C.make_config("coral_p", "cartpole_swingup")
+    assert coral.rep_losses(("image", "proprio")) == {"image": "coral_p", "proprio": "recon"}
+    coral = C.make_config("coral_p", "cartpole_swingup", overrides=["env.modalities=image,depth"])
     assert coral.rep_losses(("image", "depth")) == {"image": "coral_p", "depth": "recon"}
 
 
@@ -166,3 +168,14 @@ def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users(
             "tiny",
             overrides=["env.modalities=proprio", "loss.weights=image=1"],
         )
+
+
+def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path):
+    config = C.make_config("mummi", "walker_walk", "tiny")
+    saved = json.loads(config.to_json())
+    del saved["model"]["shared_noise"]  # as written by code that predates the option
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    C.check_logdir(str(tmp_path), config)  # the option at its default: the same run
+    changed = C.override(config, {"model.shared_noise": not config.model.shared_noise})
+    with pytest.raises(ValueError, match="model.shared_noise"):
+        C.check_logdir(str(tmp_path), changed)

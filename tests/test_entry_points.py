@@ -79,6 +79,11 @@ def test_every_entry_point_turns_bad_input_into_one_line(tmp_path):
             2,
             "not a multiple of train.updates_per_call",
         ),
+        ("probe", [f"--logdir={new}"], 2, "config.json not found"),
+        ("probe", [f"--logdir={dirs['evaluate']}", "--episodes=1"], 2, "--episodes=1"),
+        ("probe", [f"--logdir={dirs['evaluate']}"], 1, "corrupt checkpoint"),
+        ("reproduce", [f"--out={new}", "--stages=9"], 2, "--stages: '9' is not a stage"),
+        ("reproduce", [f"--out={new}", "--set=train.batch=-3"], 2, "train.batch=-3"),
         ("benchmark", ["--what=train_step", "--set=train.batch=0"], 2, "train.batch=0"),
         ("benchmark", ["--what=env", "--tasks=walker_fly"], 2, "unknown task 'walker_fly'"),
         ("benchmark", ["--what=sweep", "--seeds_list=0"], 2, "--seeds_list"),
@@ -87,7 +92,7 @@ def test_every_entry_point_turns_bad_input_into_one_line(tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", f"experiments.{module}", "--progress=false", *args]
-            if module not in ("evaluate", "benchmark")
+            if module not in ("evaluate", "benchmark", "probe")
             else [sys.executable, "-m", f"experiments.{module}", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

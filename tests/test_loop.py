@@ -74,7 +74,8 @@ def test_every_preset_runs_end_to_end(method, tmp_path):
     from PIL import Image
 
     gif = Image.open(tmp_path / results["evaluations"]["none"]["video"])
-    assert gif.size == (32, 32)  # 16x16 camera, scaled 2x
+    side = 2 * (16 + runner.config.env.crop_margin)  # the rendered camera (CoRAL: + margin)
+    assert gif.size == (side, side)  # 16x16 camera, scaled 2x
     # 51 steps at 50 ms; the writer merges identical consecutive frames into one longer one.
     durations = []
     for i in range(gif.n_frames):

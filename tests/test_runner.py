@@ -192,6 +192,54 @@ def test_a_checkpoint_of_another_model_or_an_old_pickle_is_refused_in_one_line(t
         checkpoint.load(str(tmp_path), _state())
 
 
+def _first_layout(state) -> dict:
+    """`state` as the first TrainState layout saved it: `TrainState(params, opt_state, key,
+    step)`, target networks inside `params`, the SAC optimiser states by name."""
+    params, opt_state = dict(state.params), dict(state.opt_state)
+    if "value" in state.targets:
+        params["slow_value"] = state.targets["value"]
+    if "sac" in params:
+        params["sac"] = {**params["sac"], "target_critic": state.targets["sac"]["critic"]}
+        sac_opt = opt_state.pop("sac")
+        opt_state["sac_critic"], opt_state["alpha"] = sac_opt["critic"], sac_opt["log_alpha"]
+        if "actor" in sac_opt:
+            opt_state["sac_actor"] = sac_opt["actor"]
+    return {"params": params, "opt_state": opt_state, "key": state.key, "step": state.step}
+
+
+@pytest.mark.parametrize(
+    "method, fidelity, overrides",
+    [
+        ("cvrl", "paper", ["behavior.slow_value=true"]),  # slow value, hybrid SAC
+        ("coral_v", "reference", []),  # model-free SAC: its own actor
+    ],
+)
+def test_a_checkpoint_of_the_first_train_state_layout_resumes_in_the_current_one(
+    tmp_path, method, fidelity, overrides
+):
+    from mummi_jax import config as C
+    from mummi_jax.agent import Agent
+    from tests.test_agent import ACTION2, TINY, toy_spec
+
+    cfg = C.make_config(method, "toy_position_camera", "tiny", fidelity, overrides=TINY + overrides)
+    agent = Agent(cfg, toy_spec(16 + cfg.env.crop_margin), ACTION2)
+    state = agent.init(jax.random.key(0))
+    # Tell every array apart, so that one put in another's place would show.
+    leaves, treedef = jax.tree.flatten(state)
+    state = treedef.unflatten([x if checkpoint._is_key(x) else x + i for i, x in enumerate(leaves)])
+    old = _first_layout(state)
+    assert "slow_value" in old["params"] or method == "coral_v"
+    assert {"sac_critic", "alpha"} <= set(old["opt_state"])
+    checkpoint.save(str(tmp_path), 5, old, {"counters": {}}, keep=1)
+    loaded, _ = checkpoint.load(str(tmp_path), agent.init(jax.random.key(1)))
+    assert jax.tree.structure(loaded) == jax.tree.structure(state)
+    assert _bits(loaded) == _bits(state)
+    # The current layout, and other trees, pass unchanged.
+    saved = checkpoint.read(checkpoint.save(str(tmp_path), 6, state, {}, keep=1))[0]
+    assert checkpoint.upgrade(saved) is saved
+    assert checkpoint.upgrade({"params": 1, "opt": 2}) == {"params": 1, "opt": 2}
+
+
 # ----------------------------------------------------------------------------- imports
 MODEL_CORE = {
     "distributions",
@@ -202,6 +250,7 @@ MODEL_CORE = {
     "behavior",
     "sac",
     "mpc",
+    "inputs",
 }
 HOST_LOOP = {"runner", "checkpoint", "metrics", "replay", "episodes", "video", "parallel"}
 

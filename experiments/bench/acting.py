@@ -39,7 +39,7 @@ def run(flags):
     repeats = flags.repeats or 200
     for method in methods:
         cfg = C.make_config(method, "walker_walk", flags.size, overrides=flags.set)
-        spec = _spec(cfg.env.image_size)
+        spec = _spec(cfg.env.image_size, cfg)
         agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
         state = agent.init(jax.random.key(0))
         rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ from mummi_jax.runner import agent_config
 
 def run(flags):
     cfg = C.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
-    spec = _spec(cfg.env.image_size)
+    spec = _spec(cfg.env.image_size, cfg)
     action_spec = specs.BoundedArray((6,), np.float32, -1, 1)
     agents = {}  # conv form -> Agent, built once each
 

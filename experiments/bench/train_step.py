@@ -24,14 +24,26 @@ from dm_env import specs
 
 from mummi_jax import config as C
 from mummi_jax.agent import Agent
+from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
 
-def _spec(size):
-    obs = {
+def _spec(size, config=None):
+    """Walker's observation specs: image, depth, touch at `size`; with `config`, the modalities
+    and render size it asks for (CoRAL: image + proprio, rendered `env.crop_margin` larger)."""
+    names = ("image", "depth", "touch")
+    proprio = 24  # walker's full state
+    if config is not None:
+        names = task_modalities(config.env.task, config.env.modalities)
+        size = config.env.image_size + config.env.crop_margin
+        if config.env.proprio == "partial":
+            proprio = sum(b - a for _, a, b in PARTIAL_PROPRIO[config.env.task])
+    every = {
         "image": specs.BoundedArray((size, size, 3), np.uint8, 0, 255),
         "depth": specs.Array((size, size, 1), np.float32),
         "touch": specs.Array((2,), np.float32),
+        "proprio": specs.Array((proprio,), np.float32),
     }
+    obs = {m: every[m] for m in names}
     for m in list(obs):
         obs[f"{m}_flag"] = specs.Array((), np.float32)
     return obs
@@ -80,9 +92,10 @@ def _timed(fn, *args, repeats):
     return float(np.median(times))
 
 
-def _components(agent, params, batch, repeats):
+def _components(agent, state, batch, repeats):
     """Seconds of each part of one update, forward + backward, jitted alone."""
     nets, mods = agent.nets, agent.modalities
+    params = state.params
     key = jax.random.key(1)
     obs = jax.jit(agent.preprocess)(batch)
     flags = {m: obs[f"{m}_flag"] for m in mods}
@@ -116,7 +129,14 @@ def _components(agent, params, batch, repeats):
         "world_model_grad": (jax.grad(lambda p, b, k: wm_loss(p, b, k)[0]), wm, batch, key),
     }
     if agent._uses_imagination:
-        parts["imagination_grads"] = (agent._imagination_grads, params, post, noise, key)
+        parts["imagination_grads"] = (
+            agent._imagination_grads,
+            params,
+            state.targets,
+            post,
+            noise,
+            key,
+        )
     for name, (fn, *args) in parts.items():
         yield name, _timed(jax.jit(fn), *args, repeats=repeats)
 
@@ -124,7 +144,7 @@ def _components(agent, params, batch, repeats):
 def run(flags):
     size = flags.size
     cfg = C.make_config(flags.method, "walker_walk", size, overrides=flags.set)
-    spec = _spec(cfg.env.image_size)
+    spec = _spec(cfg.env.image_size, cfg)
     agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
     K = flags.updates_per_call or (
         1 if size == "paper" and jax.default_backend() == "cpu" else cfg.train.updates_per_call
@@ -162,7 +182,7 @@ def run(flags):
     yield record
     # Breakdown on one batch; shares of the update are of the median above.
     one = jax.tree.map(lambda x: x[0], batch)
-    for name, seconds in _components(agent, state.params, one, repeats):
+    for name, seconds in _components(agent, state, one, repeats):
         yield {
             "what": f"train_step/{name}",
             "size": size,

@@ -246,16 +246,19 @@ def run_ours(agent, weights: dict, batches: list[dict], noise: list[dict], dtype
     on, the whole computation then runs in that precision."""
     import jax
 
+    from mummi_jax.agent import get_path, set_path
+
     to_ref = dict(mapping.pairs())
     state = agent.init(jax.random.key(0))
     params = _set_params(state.params, weights)
     if dtype != np.float32:
         params = jax.tree.map(lambda x: x.astype(dtype), params)
-        opt_state = {
-            name: opt.init(agent._trainable(params, name)) for name, opt in agent.optimizers.items()
-        }
-        state = state.replace(opt_state=opt_state)
-    state = state.replace(params=params)
+        state = state.replace(opt_state=agent.init_opt_state(params))
+    # Target networks (none in the parity presets) start as copies of the given weights.
+    targets = {}
+    for path in agent.target_decays:
+        targets = set_path(targets, path, get_path(params, path))
+    state = state.replace(params=params, targets=targets)
     out = {f"init/{to_ref[k]}": v for k, v in param_names(state.params).items()}
     out.update(first_update_terms(agent, state, batches[0], noise[0]))
     step = jax.jit(agent.update_with_noise)

@@ -7,7 +7,8 @@ Observation per agent step (docs/ARCHITECTURE.md "Environment observations"):
   ("backgrounds assumed far", MuMMI Sec. V);
 - `touch` float32 `(k,)`: raw touch sensor values (N), walker foot soles (2), finger
   fingertip (2, dm_control's log1p), cup inside (1), cheetah feet (2), quadruped toes (4);
-- `proprio` float32 `(d,)`: dm_control's state observations flattened (optional);
+- `proprio` float32 `(d,)`: dm_control's state observations flattened (optional), or with
+  `proprio="partial"` CoRAL's robot-only slices of them (`tasks.PARTIAL_PROPRIO`);
 - `<m>_flag` float32 `()`: 1.0 here; `missing.MissingData` zeroes values and flags.
 
 Touch sensors are injected into the suite's own XML at load time (environments.md §1); no
@@ -30,7 +31,7 @@ from dm_env import specs  # noqa: E402
 from lxml import etree  # noqa: E402
 
 from mummi_jax.envs import backgrounds as bg  # noqa: E402
-from mummi_jax.envs.tasks import task_info, task_modalities  # noqa: E402
+from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_info, task_modalities  # noqa: E402
 
 # task -> (dm_control domain, dm_control task)
 TASKS = {
@@ -82,7 +83,9 @@ _OPTIONS = (
     "touch_site",
     "fast_render",
     "camera_id",
+    "proprio",
 )
+PROPRIO_SETS = ("full", "partial")
 _BACKGROUND_GEOMS = ("floor", "ground")  # + reacher's arena walls (names "wall*")
 
 
@@ -218,6 +221,12 @@ def _flatten_state(observation) -> np.ndarray:
     )
 
 
+def _partial_state(observation, slices) -> np.ndarray:
+    """CoRAL's partial proprioception: `slices` of (key, start, stop), concatenated."""
+    parts = [np.asarray(observation[k], np.float32).ravel()[a:b] for k, a, b in slices]
+    return np.concatenate(parts).astype(np.float32)
+
+
 class MultiModalDMC(dm_env.Environment):
     """dm_control task with image/depth/touch/proprio dict observations and natural video.
 
@@ -240,8 +249,10 @@ class MultiModalDMC(dm_env.Environment):
         touch_site,
         fast_render,
         camera_id,
+        proprio="full",
     ):
         domain, task = TASKS[name]
+        self._proprio_slices = PARTIAL_PROPRIO[name] if proprio == "partial" else None
         self.name, self.modalities = name, tuple(modalities)
         self._repeat, self._limit = int(action_repeat), int(time_limit)
         self._size, self._composite = int(image_size), composite
@@ -291,7 +302,10 @@ class MultiModalDMC(dm_env.Environment):
                 k = len(self._touch_names)
                 out[m] = specs.BoundedArray((k,), np.float32, 0.0, np.inf, name=m)
             elif m == "proprio":
-                d = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
+                if self._proprio_slices is None:
+                    d = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
+                else:
+                    d = sum(b - a for _, a, b in self._proprio_slices)
                 out[m] = specs.Array((d,), np.float32, name=m)
             out[f"{m}_flag"] = specs.BoundedArray((), np.float32, 0.0, 1.0, name=f"{m}_flag")
         return out
@@ -376,7 +390,10 @@ class MultiModalDMC(dm_env.Environment):
             raw = self.physics.data.sensordata[self._touch_index].astype(np.float32)
             out["touch"] = np.log1p(raw) if self._log1p_touch else raw
         if "proprio" in self.modalities:
-            out["proprio"] = _flatten_state(state)
+            if self._proprio_slices is None:
+                out["proprio"] = _flatten_state(state)
+            else:
+                out["proprio"] = _partial_state(state, self._proprio_slices)
         obs = {}
         for m in self.modalities:
             obs[m] = out[m]
@@ -400,6 +417,7 @@ def make(
     touch_site: str | None = None,
     fast_render: bool = True,
     camera_id: int | None = None,
+    proprio: str = "full",
     **unknown,
 ) -> dm_env.Environment:
     """Builds a Multi-modal Natural MuJoCo task (MuMMI Sec. V) as a `dm_env.Environment`.
@@ -408,6 +426,7 @@ def make(
     `background`: "default" (offline Ken-Burns bank), "procedural", "none" or a folder path.
     `composite`: "segmentation" (exact) or "red_threshold" (released code's red > 100 key).
     `touch_site`: walker "sole" | "foot", cup "bottom" | "interior" (None: the first).
+    `proprio`: "full" (every state observation) | "partial" (CoRAL Table 1's robot-only slices).
     """
     if unknown:
         valid = ", ".join(sorted(_OPTIONS))
@@ -419,6 +438,10 @@ def make(
     domain = TASKS[name][0]
     if composite not in COMPOSITES:
         raise ValueError(f"unknown composite {composite!r}; valid: {', '.join(COMPOSITES)}")
+    if proprio not in PROPRIO_SETS:
+        raise ValueError(f"unknown proprio {proprio!r}; valid: {', '.join(PROPRIO_SETS)}")
+    if proprio == "partial" and name not in PARTIAL_PROPRIO:
+        raise ValueError(f"proprio='partial' has no split for {name}; use proprio='full'")
     if background_split not in bg.SPLITS:
         raise ValueError(
             f"unknown background_split {background_split!r}; valid: {', '.join(bg.SPLITS)}"
@@ -451,4 +474,5 @@ def make(
         touch_site,
         fast_render,
         camera_id,
+        proprio,
     )

@@ -45,6 +45,30 @@ TASKS: dict[str, TaskInfo] = {
     "wipe": TaskInfo("robosuite", ("workspace", "eye_in_hand"), ("proprio",)),
 }
 
+# CoRAL's partial proprioception (CoRAL Table 1; coral.md §5.1): the robot's own joints
+# only, so that what the table names (ball, pole, root pose, target, ...) must come from the
+# image. Per task, the (dm_control observation key, start, stop) slices concatenated in order.
+_WALKER_PARTIAL = (("orientations", 0, 14), ("velocity", 3, 9))  # non-root velocities
+PARTIAL_PROPRIO: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "walker_run": _WALKER_PARTIAL,
+    "walker_walk": _WALKER_PARTIAL,
+    "walker_stand": _WALKER_PARTIAL,
+    "cup_catch": (("position", 0, 2), ("velocity", 0, 2)),  # the cup's, not the ball's
+    "cartpole_balance": (("position", 0, 1), ("velocity", 0, 1)),  # the cart's
+    "cartpole_swingup": (("position", 0, 1), ("velocity", 0, 1)),
+    "cheetah_run": (("position", 2, 8), ("velocity", 3, 9)),  # the 6 joints
+    "reacher_easy": (("position", 0, 2), ("velocity", 0, 2)),  # no to_target
+    "finger_spin": (("position", 0, 2), ("velocity", 0, 2)),  # the finger's two joints
+    # egocentric_state = 16 hinge angles, 16 hinge velocities, 12 actuator states: CoRAL
+    # takes angles and actuator states (28), then velocities (16); no torso, IMU or forces.
+    "quadruped_walk": (
+        ("egocentric_state", 0, 16),
+        ("egocentric_state", 32, 44),
+        ("egocentric_state", 16, 32),
+    ),
+    "pendulum_swingup": (("orientation", 0, 2), ("velocity", 0, 1)),  # the whole state
+}
+
 IMAGE_MODALITIES = ("image", "depth", "camera", "front", "back", "workspace", "eye_in_hand")
 
 

@@ -1,0 +1,221 @@
+"""What has a trained agent's world model learnt? Perception and control measured apart.
+
+    MUJOCO_GL=egl python -m experiments.probe --logdir=RUN [--episodes=16] [--rate=0]
+
+Plays `--episodes` evaluation episodes with the run's newest checkpoint (`--split` background
+videos: `test`, unseen in training, or `train`; missing rate `--rate`), recording the
+simulator's true state beside every observation, then runs each whole episode through the
+world model (the observe scan of eq. 3-5 on the fused experts) and measures, training the
+probes on the first half of the episodes and scoring them on the second:
+
+- `r2_qpos`, `r2_qvel`: held-out R^2 of a linear probe (ridge) from the posterior features
+  [s, h] to the joint positions (free translations such as the walker's `rootx` left out: the
+  picture cannot tell where along the floor the robot is) and to the joint velocities; the
+  mean of the per-joint R^2 (each joint counts once, whatever its scale). `r2_qpos_<m>`,
+  `r2_qvel_<m>`: the same from expert m's mean alone (PoE methods), which says what each
+  sensor carries.
+- `reward_r2`, `reward_rmse`: the reward head on the posterior features against the real
+  rewards (MuMMI eq. 10's reward term).
+- `imagined_vs_real`: from every posterior state the actor's H-step imagination (eq. 18-19's
+  rollout) sums predicted rewards; the real sum of the next H rewards of the same episode
+  beside it (correlation, means). An optimistic model shows as imagined >> real.
+
+Writes `<logdir>/probe.json` (`probe_train.json` for `--split=train`) and prints it.
+Proprioception-only runs get the same numbers (the probe then checks the sensor path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+# Joints whose position no sensor here can observe: the floor has no landmarks, and the
+# tasks' proprioception leaves them out too (dm_control's walker/cheetah observations).
+UNOBSERVABLE_JOINTS = ("rootx",)
+
+
+def joint_layout(physics):
+    """(qpos indices, hinge flags, qvel indices) of the joints a probe should be able to read;
+    a hinge's angle is probed as (cos, sin), which a linear map can follow through a turn."""
+    model = physics.model
+    qpos, qvel, hinge = [], [], []
+    for j in range(model.njnt):
+        name = model.id2name(j, "joint")
+        width = {0: 7, 1: 4, 2: 1, 3: 1}[int(model.jnt_type[j])]  # free, ball, slide, hinge
+        dof = {0: 6, 1: 3, 2: 1, 3: 1}[int(model.jnt_type[j])]
+        start, vstart = int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j])
+        if name not in UNOBSERVABLE_JOINTS:
+            qpos.extend(range(start, start + width))
+            hinge.extend([int(model.jnt_type[j]) == 3] * width)
+        qvel.extend(range(vstart, vstart + dof))
+    return np.asarray(qpos), np.asarray(hinge, bool), np.asarray(qvel)
+
+
+def _angles_as_circle(q, hinge):
+    return np.concatenate([q[..., ~hinge], np.cos(q[..., hinge]), np.sin(q[..., hinge])], -1)
+
+
+def _mean_r2(x, y, half):
+    from experiments.toy_latent import linear_r2
+
+    keep = np.std(y[:half], axis=0) > 1e-8  # a joint that never moves has no R^2
+    if not keep.any():
+        return float("nan")
+    per_dim = linear_r2(x[:half], y[:half, keep], x[half:], y[half:, keep])[1]
+    return float(np.mean(per_dim))
+
+
+def play(runner, stacked, episodes: int, rate: float, seed: int, split: str = "test"):
+    """Agent episodes with the true joint state: (batch (N, L, ...), qpos (N, L, .), qvel)."""
+    from mummi_jax import envs
+    from mummi_jax.episodes import EnvList, run_episodes
+    from mummi_jax.runner import EVAL_OFFSET, eval_episode_seed
+
+    kwargs = dict(runner.env_kwargs)
+    if envs.task_info(runner.config.env.task).suite == "dmc":
+        kwargs["background_split"] = split
+    kwargs["missing_rate"] = rate
+    env = envs.make(**kwargs, seed=seed + EVAL_OFFSET)
+    if not hasattr(env, "physics"):
+        raise ValueError(f"task {runner.config.env.task!r} has no MuJoCo physics to probe")
+    qpos_idx, hinge, qvel_idx = joint_layout(env.physics)
+    eps, qpos, qvel = [], [], []
+    try:
+        for j in range(episodes):
+            ep_seed = eval_episode_seed(seed, 1000 + j)
+            act = runner._policy(stacked, [0], 1, {}, {0: ep_seed}, training=False)
+            states = []
+
+            def policy(obs_list, first, act=act, states=states):
+                states.append((env.physics.data.qpos.copy(), env.physics.data.qvel.copy()))
+                return act(obs_list, first)
+
+            ((episode, _),) = run_episodes(
+                EnvList([env]), policy, runner.agent.modalities, [ep_seed]
+            )
+            # The last observation is never acted on; its state is read now.
+            states.append((env.physics.data.qpos.copy(), env.physics.data.qvel.copy()))
+            eps.append(episode)
+            qpos.append(_angles_as_circle(np.stack([s[0][qpos_idx] for s in states]), hinge))
+            qvel.append(np.stack([s[1][qvel_idx] for s in states]))
+    finally:
+        env.close()
+    batch = {k: np.stack([e[k] for e in eps]) for k in eps[0]}
+    return batch, np.stack(qpos), np.stack(qvel)
+
+
+def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test") -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.evaluate import load_config
+    from mummi_jax import behavior
+    from mummi_jax.runner import Runner
+    from mummi_jax.world_model import features
+
+    if episodes < 2:
+        raise ValueError(f"--episodes={episodes}: the probe needs at least 2 (train / test)")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"--rate={rate}: a missing-data rate in [0, 1)")
+    config = load_config(logdir)
+    runner = Runner(config, logdir, progress=False)
+    stacked, metas = runner.restore()
+    if metas[0] is None:
+        raise FileNotFoundError(f"no checkpoint in {runner.runs[0].ckpt_dir}; train first")
+    state = runner.parallel.states(stacked)[0]
+    agent = runner.agent
+    batch, qpos, qvel = play(runner, stacked, episodes, rate, config.seed, split)
+    n, length = batch["reward"].shape
+    noise = agent.draw_noise(jax.random.PRNGKey(config.seed + 1), n, length)
+
+    @jax.jit
+    def analyse(params, batch, noise, key):
+        wm = params["wm"]
+        _, aux = agent._world_model_loss(wm, batch, noise, key, params.get("obs_norm"))
+        feat = features(aux["post"])
+        reward = agent.nets.reward(wm, feat)
+        starts = behavior.flatten_starts(aux["post"])
+        h = config.behavior.horizon
+        keys = behavior.step_keys(jax.random.fold_in(key, 1), h)
+
+        def policy(f, k):
+            return agent._actor_sample(params["actor"], f, k)
+
+        states, _ = behavior.imagine(agent._img_step(wm), policy, starts, keys)
+        imagined = jnp.sum(agent.nets.reward(wm, features(states)), 0).reshape((n, length))
+        experts = {m: v[0] for m, v in (aux["experts"] or {}).items()}
+        return feat, reward, imagined, experts
+
+    feat, reward, imagined, experts = jax.device_get(
+        analyse(state.params, batch, noise, jax.random.PRNGKey(config.seed + 2))
+    )
+    half = (n // 2) * length
+    flat = lambda x: np.asarray(x, np.float64).reshape((n * length, -1))
+    res = {
+        "logdir": logdir,
+        "env_steps": metas[0]["counters"]["env_steps"],
+        "episodes": n,
+        "missing_rate": rate,
+        "background_split": split,
+        "modalities": list(agent.modalities),
+        "returns": [float(r) for r in batch["reward"][:, 1:].sum(1)],
+        "r2_qpos": _mean_r2(flat(feat), flat(qpos), half),
+        "r2_qvel": _mean_r2(flat(feat), flat(qvel), half),
+    }
+    for m, mu in experts.items():
+        res[f"r2_qpos_{m}"] = _mean_r2(flat(mu), flat(qpos), half)
+        res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)
+    # Step 0 has no reward (the reset); the model is scored from step 1 on.
+    r_true, r_pred = batch["reward"][:, 1:].ravel(), np.asarray(reward)[:, 1:].ravel()
+    res["reward_rmse"] = float(np.sqrt(np.mean((r_true - r_pred) ** 2)))
+    resid, spread = np.sum((r_true - r_pred) ** 2), np.sum((r_true - r_true.mean()) ** 2)
+    res["reward_r2"] = float(1 - resid / spread)
+    h = config.behavior.horizon
+    real = np.stack(
+        [np.convolve(ep[1:], np.ones(h), "valid")[: length - h] for ep in batch["reward"]]
+    )  # real[i, t] = r_{t+1} + ... + r_{t+H}
+    imag = np.asarray(imagined)[:, : length - h]
+    res["imagined_vs_real"] = {
+        "horizon": h,
+        "imagined_mean": float(imag.mean()),
+        "real_mean": float(real.mean()),
+        "correlation": float(np.corrcoef(imag.ravel(), real.ravel())[0, 1]),
+    }
+    from mummi_jax.checkpoint import atomic_write
+
+    name = "probe.json" if split == "test" else f"probe_{split}.json"
+    atomic_write(os.path.join(logdir, name), json.dumps(res, indent=1).encode())
+    return res
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("logdir", None, "Run directory of experiments.train (newest checkpoint).")
+    flags.DEFINE_integer("episodes", 16, "Episodes played (half fit the probes, half score).")
+    flags.DEFINE_float("rate", 0.0, "Missing-data rate of the probe episodes.")
+    flags.DEFINE_enum("split", "test", ["test", "train"], "Backgrounds: unseen or trained on.")
+
+
+def main(argv):
+    del argv
+    try:
+        res = probe(FLAGS.logdir, FLAGS.episodes, FLAGS.rate, FLAGS.split)
+    except (FileNotFoundError, ValueError) as e:  # no run there, a bad config or flag
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a checkpoint that cannot be read
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in res.items() if k != "returns"}))
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    sys.exit(app.run(main))

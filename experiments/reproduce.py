@@ -1,0 +1,367 @@
+"""A reduced-budget MuMMI Table I: train a grid of (method, task, seed), evaluate, compare.
+
+    MUJOCO_GL=egl python -m experiments.reproduce --budget=cpu [--out=runs/reproduce_cpu]
+        [--stages=1,2] [--max_minutes=0] [--dry_run]
+
+The grid runs in stages, each a set of (method, task, seed) runs, first to last:
+
+    1: mummi, cvrl, dreamer on walker_walk, seeds 0 and 1
+    2: the same on finger_spin
+    3: a third seed (2) for stages 1 and 2
+    4: mummi_b and mssm_e on walker_walk and finger_spin, seeds 0-2
+
+Each run trains to the budget's env steps (`experiments.train`'s run directory
+`OUT/<method>/<task>/seed<N>/`, checkpointed), then plays the Table I protocol
+(`experiments.evaluate`: none / medium / high missing data, test backgrounds) into its
+results.json. Re-running the command resumes: a run with a results.json is done and skipped,
+a run with checkpoints continues from its newest one. Per task a uniform-random policy is
+scored on the same evaluation episodes (`OUT/random/<task>/seed0/results.json`).
+
+After every finished run `experiments.compare` writes OUT/compare.md, compare.json and
+curves.png, and the block between this budget's markers in `--results` (default RESULTS.md)
+is rewritten: the budget, the grid's status, the table beside the published Table I, and
+whether the published ordering (MuMMI > CVRL > Dreamer; MuMMI's smaller drop from none to
+high missing data) holds. Text outside the markers is kept.
+
+Budgets (`BUDGETS`): `cpu` is the `small` size, sized so that one run takes at most about
+45 minutes on a 2-core CPU; `gpu` is the paper's size and schedule (2M env steps). With
+`--dry_run` the grid, each run's status and its estimated wall time are printed and nothing
+is trained; the estimate is `--seconds_per_100k` (default: the budget's measured figure,
+BENCHMARKS.md) or, with `--measure`, `experiments.benchmark --what=loop` run here first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from mummi_jax import config as C
+
+METHODS_MAIN = ("mummi", "cvrl", "dreamer")
+METHODS_MORE = ("mummi_b", "mssm_e")
+LEVELS = ("none", "medium", "high")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    size: str
+    overrides: tuple[str, ...]
+    # Wall seconds per 100k env steps of one run where the budget is meant to run (a 2-core
+    # CPU for "cpu", one GPU for "gpu"), from `experiments.benchmark --what=loop`.
+    seconds_per_100k: float
+    where: str
+
+
+BUDGETS = {
+    # The `small` preset's own schedule (config._small): walker episodes of 500 env steps.
+    # MuMMI on walker_walk, 2026-12-04, 2-core CPU box: 60k env steps in about 30 minutes of
+    # training (RESULTS.md), 3000 s per 100k.
+    "cpu": Budget("small", (), 3000.0, "2-core CPU"),
+    # 2M env steps at the reference schedule. BENCHMARKS.md "The whole loop": 12.2 min per
+    # 100k env steps on an H100 for the toy robot, plus 5.1 min of walker rendering on one
+    # core = about 17.3 min (1040 s) per 100k, 5.8 h per run.
+    "gpu": Budget("paper", (), 1040.0, "one H100"),
+}
+
+
+def stages() -> list[list[tuple[str, str, int]]]:
+    """The grid, stage by stage: [(method, task, seed)]."""
+    one = [(m, "walker_walk", s) for s in (0, 1) for m in METHODS_MAIN]
+    two = [(m, "finger_spin", s) for s in (0, 1) for m in METHODS_MAIN]
+    three = [(m, t, 2) for t in ("walker_walk", "finger_spin") for m in METHODS_MAIN]
+    four = [
+        (m, t, s) for t in ("walker_walk", "finger_spin") for s in (0, 1, 2) for m in METHODS_MORE
+    ]
+    return [one, two, three, four]
+
+
+def run_dir(out: str, method: str, task: str, seed: int) -> str:
+    return os.path.join(out, method, task, f"seed{seed}")
+
+
+def make_config(budget: Budget, method: str, task: str, seed: int, sets=()):
+    return C.make_config(method, task, budget.size, "reference", seed, [*budget.overrides, *sets])
+
+
+def status(out: str, method: str, task: str, seed: int) -> tuple[str, int]:
+    """("done" | "partial" | "pending", env steps of its newest checkpoint)."""
+    d = run_dir(out, method, task, seed)
+    if os.path.exists(os.path.join(d, "results.json")):
+        with open(os.path.join(d, "results.json")) as f:
+            return "done", int(json.load(f).get("env_steps", 0))
+    from mummi_jax import checkpoint
+
+    ckpts = os.path.join(d, "checkpoints")
+    steps = max(checkpoint.steps(ckpts), default=0) if os.path.isdir(ckpts) else 0
+    return ("partial" if steps else "pending"), steps
+
+
+def train_and_evaluate(config, out: str, progress: bool) -> dict:
+    """One grid run: train (resuming), then the Table I protocol into results.json."""
+    from experiments.evaluate import evaluate_logdir
+    from mummi_jax.runner import Runner
+
+    pair = os.path.dirname(run_dir(out, config.method, config.env.task, config.seed))
+    runner = Runner(config, pair, [config.seed], progress=progress)
+    runner.train()
+    return evaluate_logdir(runner.runs[0].logdir, videos=True)
+
+
+def random_baseline(config, out: str) -> str:
+    """Scores uniform random actions on the evaluation episodes of `config`'s task (the same
+    episode seeds and levels as `experiments.evaluate`); writes and returns its results.json."""
+    from experiments.evaluate import protocol
+    from experiments.learning_check import random_policy
+    from mummi_jax.checkpoint import atomic_write
+    from mummi_jax.runner import Runner
+
+    d = run_dir(out, "random", config.env.task, 0)
+    path = os.path.join(d, "results.json")
+    if os.path.exists(path):
+        return path
+    config = C.override(config, {"seed": 0})
+    runner = Runner(config, os.path.dirname(d), [0], progress=False)
+    state, _ = runner.restore()
+    name, levels = protocol(config)
+    results = {
+        "method": "random",
+        "task": config.env.task,
+        "seed": 0,
+        "env_steps": 0,
+        "protocol": name,
+        "evaluations": {},
+    }
+    for level, rate, drop in levels:
+        run = runner.evaluate(
+            state,
+            episodes=config.train.test_episodes,
+            rate=rate,
+            drop=drop,
+            policy=random_policy(runner.agent.action_dim),
+        )[0]
+        results["evaluations"][level] = {
+            "missing_rate": rate,
+            "returns": run.returns,
+            "mean": run.mean,
+            "std": float(np.std(run.returns)),
+        }
+    atomic_write(path, json.dumps(results, indent=2).encode())
+    return path
+
+
+# ----------------------------------------------------------------------------- reporting
+def ordering(rows: list[dict]) -> list[str]:
+    """Lines saying whether the published ordering holds in `rows` (compare.aggregate)."""
+    by = {(r["task"], r["method"], r["evaluation"]): r for r in rows}
+    lines = []
+    for task in sorted({r["task"] for r in rows}):
+        for level in LEVELS:
+            have = [
+                (m, by[(task, m, level)]["mean"]) for m in METHODS_MAIN if (task, m, level) in by
+            ]
+            if len(have) < 2:
+                continue
+            ranked = [m for m, _ in sorted(have, key=lambda x: -x[1])]
+            wanted = [m for m in METHODS_MAIN if m in ranked]
+            verdict = "holds" if ranked == wanted else "does not hold"
+            values = ", ".join(f"{m} {v:.1f}" for m, v in have)
+            lines.append(
+                f"- {task}, {level}: {' > '.join(ranked)} ({values}): published order {verdict}"
+            )
+        drops = {}
+        for m in METHODS_MAIN:
+            none, high = by.get((task, m, "none")), by.get((task, m, "high"))
+            if none and high and none["mean"] > 0:
+                drops[m] = 1.0 - high["mean"] / none["mean"]
+        if "mummi" in drops and len(drops) > 1:
+            smallest = min(drops, key=drops.get)
+            text = ", ".join(f"{m} {100 * d:.0f} %" for m, d in drops.items())
+            verdict = "holds" if smallest == "mummi" else "does not hold"
+            lines.append(
+                f"- {task}, drop from none to high missing data ({text}): MuMMI's drop the "
+                f"smallest {verdict}"
+            )
+    return lines or ["- not enough finished runs to compare methods yet"]
+
+
+def _curves_line(out: str, results_path: str, budget_name: str) -> str:
+    """Copies compare's learning curves next to `results_path` (docs/results/), so that the
+    Markdown file shows them wherever the grid's run directory lives; returns the line."""
+    import shutil
+
+    png = os.path.join(out, "curves.png")
+    if not os.path.exists(png):
+        return "No learning curves yet (no `eval/return` logged)."
+    rel = os.path.join("docs", "results", f"curves_{budget_name}.png")
+    dest = os.path.join(os.path.dirname(os.path.abspath(results_path)), rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.copyfile(png, dest + ".tmp")
+    os.replace(dest + ".tmp", dest)
+    return f"Learning curves (eval return against env steps, EMA 0.9): ![curves]({rel})"
+
+
+def report(budget_name: str, out: str, results_path: str) -> str:
+    """Runs experiments.compare over OUT and rewrites this budget's block of `results_path`."""
+    import io
+
+    from experiments import compare
+
+    budget = BUDGETS[budget_name]
+    buf, err = io.StringIO(), io.StringIO()
+    compare.run_compare([out], out, stdout=buf, stderr=err)
+    rows = []
+    if os.path.exists(os.path.join(out, "compare.json")):
+        with open(os.path.join(out, "compare.json")) as f:
+            rows = json.load(f)["rows"]
+    grid = []
+    for k, stage in enumerate(stages(), 1):
+        for m, t, s in stage:
+            state, steps = status(out, m, t, s)
+            grid.append(f"| {k} | {m} | {t} | {s} | {state} | {steps} |")
+    example = make_config(budget, "mummi", "walker_walk", 0)
+    tr = example.train
+    lines = [
+        f"<!-- reproduce:{budget_name}:begin (written by experiments.reproduce; edit outside) -->",
+        f"### Budget `{budget_name}` ({budget.where}), updated {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"`MUJOCO_GL=egl python -m experiments.reproduce --budget={budget_name} --out={out}`",
+        "",
+        f"Size `{budget.size}`: {tr.steps} env steps per run, episodes of {example.env.time_limit} "
+        f"env steps (action repeat {example.env.action_repeat}), {tr.train_steps} updates of "
+        f"B={tr.batch} x T={tr.length} every {tr.train_every} env steps, images "
+        f"{example.env.image_size} px, missing data `{example.env.missing}` (train p = "
+        f"{example.env.missing_train}; test {list(example.env.missing_test)}), "
+        f"{tr.test_episodes} test episodes per level. Published figures are for 1000-step "
+        "episodes after 2M env steps: compare orderings, not absolute returns.",
+        "",
+        "| stage | method | task | seed | status | env steps |",
+        "|---|---|---|---|---|---|",
+        *grid,
+        "",
+        buf.getvalue().split("compare: wrote")[0].strip() or "No finished run yet.",
+        "",
+        "Published ordering at this budget:",
+        "",
+        *ordering(rows),
+        "",
+        _curves_line(out, results_path, budget_name),
+        f"<!-- reproduce:{budget_name}:end -->",
+    ]
+    block = "\n".join(lines) + "\n"
+    text = open(results_path).read() if os.path.exists(results_path) else "# Results\n\n"
+    begin = f"<!-- reproduce:{budget_name}:begin"
+    end = f"<!-- reproduce:{budget_name}:end -->\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    from mummi_jax.checkpoint import atomic_write
+
+    atomic_write(results_path, text.encode())
+    return block
+
+
+# ----------------------------------------------------------------------------- command
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_enum("budget", "cpu", list(BUDGETS), "cpu: the small size; gpu: the paper's.")
+    flags.DEFINE_string("out", None, "Grid directory (default runs/reproduce_<budget>).")
+    flags.DEFINE_list("stages", ["1", "2", "3", "4"], "Stages to run, in order.")
+    flags.DEFINE_float("max_minutes", 0.0, "Start no new run after this long (0: no limit).")
+    flags.DEFINE_bool("dry_run", False, "Print the grid, statuses and wall-time estimates.")
+    flags.DEFINE_bool("measure", False, "--dry_run: measure the loop here (benchmark loop).")
+    flags.DEFINE_float("seconds_per_100k", 0.0, "--dry_run: wall s per 100k env steps.")
+    flags.DEFINE_string("results", "RESULTS.md", "Markdown file whose budget block is rewritten.")
+    flags.DEFINE_multi_string("set", [], "Extra config override for every run (changes the grid).")
+    flags.DEFINE_bool("progress", True, "Progress bars.")
+
+
+def _grid(selected):
+    out = []
+    all_stages = stages()
+    for s in selected:
+        if not s.strip().isdigit() or not 1 <= int(s) <= len(all_stages):
+            raise ValueError(f"--stages: {s!r} is not a stage (1-{len(all_stages)})")
+        out += all_stages[int(s) - 1]
+    return out
+
+
+def _measure(budget: Budget) -> float:
+    from types import SimpleNamespace
+
+    from experiments.bench import loop
+
+    ns = SimpleNamespace(
+        tasks=("walker_walk",),
+        method="mummi",
+        size=budget.size,
+        set=list(budget.overrides),
+        repeats=0,
+    )
+    return float(next(loop.run(ns))["projected_seconds_per_100k_env_steps"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    budget = BUDGETS[FLAGS.budget]
+    out = FLAGS.out or os.path.join("runs", f"reproduce_{FLAGS.budget}")
+    try:
+        grid = _grid(FLAGS.stages)
+        configs = [make_config(budget, m, t, s, FLAGS.set) for m, t, s in grid]
+        for cfg in configs:
+            C.check_logdir(run_dir(out, cfg.method, cfg.env.task, cfg.seed), cfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if FLAGS.dry_run:
+        per_100k = FLAGS.seconds_per_100k or (_measure(budget) if FLAGS.measure else 0.0)
+        per_100k = per_100k or budget.seconds_per_100k
+        total = 0.0
+        for cfg in configs:
+            state, steps = status(out, cfg.method, cfg.env.task, cfg.seed)
+            left = 0.0 if state == "done" else (cfg.train.steps - steps) / 1e5 * per_100k
+            total += left
+            print(
+                f"{cfg.method:>8} {cfg.env.task:<12} seed{cfg.seed}  {state:<8} "
+                f"{steps:>8} / {cfg.train.steps} env steps, ~{left / 3600:.1f} h left"
+            )
+        print(
+            f"total ~{total / 3600:.1f} h at {per_100k:.0f} s per 100k env steps "
+            f"({'measured here' if FLAGS.measure else budget.where})"
+        )
+        return 0
+    t0 = time.time()
+    os.makedirs(out, exist_ok=True)
+    for cfg in configs:
+        state, _ = status(out, cfg.method, cfg.env.task, cfg.seed)
+        if state == "done":
+            continue
+        if FLAGS.max_minutes and time.time() - t0 > 60 * FLAGS.max_minutes:
+            print(f"--max_minutes={FLAGS.max_minutes} reached; re-run to continue the grid")
+            break
+        print(f"[{cfg.method} / {cfg.env.task} / seed {cfg.seed}] training", flush=True)
+        random_baseline(cfg, out)
+        try:
+            train_and_evaluate(cfg, out, FLAGS.progress)
+        except FloatingPointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(report(FLAGS.budget, out, FLAGS.results), flush=True)
+    print(report(FLAGS.budget, out, FLAGS.results))
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    sys.exit(app.run(main))
