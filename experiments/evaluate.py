@@ -72,6 +72,18 @@ def load_config(logdir: str):
     return config
 
 
+def evaluation_entry(run, rate: float, drop, modalities) -> dict:
+    """One level of results.json from a `runner.Evaluation`."""
+    return {
+        "modalities": [m for m in modalities if m not in drop],
+        "missing_rate": rate,
+        "returns": run.returns,
+        "mean": run.mean,
+        "std": float(np.std(run.returns)),
+        "actual_missing": {m: float(np.mean([f[m] for f in run.missing])) for m in modalities},
+    }
+
+
 def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict:
     """Runs the protocol on the newest checkpoint of `logdir`; writes and returns results.
 
@@ -101,14 +113,7 @@ def evaluate_logdir(logdir: str, episodes: int = 0, videos: bool = True) -> dict
     modalities = runner.agent.modalities
     for level, rate, drop in levels:
         run = runner.evaluate(state, episodes=episodes, rate=rate, drop=drop)[0]
-        results["evaluations"][level] = {
-            "modalities": [m for m in modalities if m not in drop],
-            "missing_rate": rate,
-            "returns": run.returns,
-            "mean": run.mean,
-            "std": float(np.std(run.returns)),
-            "actual_missing": {m: float(np.mean([f[m] for f in run.missing])) for m in modalities},
-        }
+        results["evaluations"][level] = evaluation_entry(run, rate, drop, modalities)
         if videos:
             path = video.write_episode(logdir, f"{name}-{level}", run.first_episode, modalities)
             if path:

@@ -15,7 +15,7 @@ Each run trains to the budget's env steps (`experiments.train`'s run directory
 (`experiments.evaluate`: none / medium / high missing data, test backgrounds) into its
 results.json. Re-running the command resumes: a run with a results.json is done and skipped,
 a run with checkpoints continues from its newest one. Per task a uniform-random policy is
-scored on the same evaluation episodes (`OUT/random/<task>/seed0/results.json`).
+scored on each seed's evaluation episodes (`OUT/random/<task>/seed<N>/results.json`).
 
 After every finished run `experiments.compare` writes OUT/compare.md, compare.json and
 curves.png, and the block between this budget's markers in `--results` (default RESULTS.md)
@@ -38,7 +38,6 @@ import os
 import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
 from mummi_jax import config as C
@@ -115,43 +114,31 @@ def train_and_evaluate(config, out: str, progress: bool) -> dict:
 
 
 def random_baseline(config, out: str) -> str:
-    """Scores uniform random actions on the evaluation episodes of `config`'s task (the same
-    episode seeds and levels as `experiments.evaluate`); writes and returns its results.json."""
-    from experiments.evaluate import protocol
+    """Scores uniform random actions on exactly the evaluation episodes of `config`'s run
+    (its task and seed, the levels of `experiments.evaluate`); writes and returns
+    `OUT/random/<task>/seed<N>/results.json` (compare pools the seeds as for any method)."""
+    from experiments.evaluate import evaluation_entry, protocol
     from experiments.learning_check import random_policy
     from mummi_jax.checkpoint import atomic_write
     from mummi_jax.runner import Runner
 
-    d = run_dir(out, "random", config.env.task, 0)
+    d = run_dir(out, "random", config.env.task, config.seed)
     path = os.path.join(d, "results.json")
     if os.path.exists(path):
         return path
-    config = C.override(config, {"seed": 0})
-    runner = Runner(config, os.path.dirname(d), [0], progress=False)
+    runner = Runner(config, os.path.dirname(d), [config.seed], progress=False)
     state, _ = runner.restore()
     name, levels = protocol(config)
-    results = {
-        "method": "random",
-        "task": config.env.task,
-        "seed": 0,
-        "env_steps": 0,
-        "protocol": name,
-        "evaluations": {},
-    }
+    results = {"method": "random", "task": config.env.task, "seed": config.seed,
+               "env_steps": 0, "protocol": name, "evaluations": {}}  # fmt: skip
     for level, rate, drop in levels:
+        policy = random_policy(runner.agent.action_dim)
         run = runner.evaluate(
-            state,
-            episodes=config.train.test_episodes,
-            rate=rate,
-            drop=drop,
-            policy=random_policy(runner.agent.action_dim),
-        )[0]
-        results["evaluations"][level] = {
-            "missing_rate": rate,
-            "returns": run.returns,
-            "mean": run.mean,
-            "std": float(np.std(run.returns)),
-        }
+            state, config.train.test_episodes, rate=rate, drop=drop, policy=policy
+        )
+        results["evaluations"][level] = evaluation_entry(
+            run[0], rate, drop, runner.agent.modalities
+        )
     atomic_write(path, json.dumps(results, indent=2).encode())
     return path
 
