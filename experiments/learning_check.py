@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from mummi_jax import config as C
+from mummi_jax import presets
 
 FLAGS = flags.FLAGS
 
@@ -87,7 +88,7 @@ def check(config, logdir, episodes, margin, progress=False) -> dict:
 def main(argv):
     del argv
     try:
-        config = C.make_config(
+        config = presets.make_config(
             FLAGS.method, FLAGS.task, FLAGS.size, seed=FLAGS.seed, overrides=FLAGS.set
         )
     except ValueError as e:

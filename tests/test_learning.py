@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from experiments.learning_check import check
-from mummi_jax import config as C
+from mummi_jax import presets
 
 
 @pytest.mark.slow
 def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
-    config = C.make_config("mummi", "toy_position_camera", "tiny", seed=0)
+    config = presets.make_config("mummi", "toy_position_camera", "tiny", seed=0)
     result = check(config, str(tmp_path), episodes=10, margin=50.0)
     agent, rand = result["agent"]["mean"], result["random"]["mean"]
     assert result["env_steps"] == 20_000 and result["updates"] == 5_000
