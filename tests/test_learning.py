@@ -8,7 +8,7 @@ and for uniform random actions on the same episode seeds. About 2 minutes on 2 c
 import numpy as np
 import pytest
 
-from experiments.learning_check import check
+from experiments.learning_check import check, defaults
 from mummi_jax import presets
 
 
@@ -22,3 +22,13 @@ def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
     assert agent >= rand + 50 and agent >= 2 * rand, (agent, rand)
     assert agent >= 120, result["agent"]["returns"]
     assert np.all(np.isfinite(result["agent"]["returns"]))
+
+
+def test_a_task_s_check_defaults_to_its_cpu_budget_and_its_target():
+    # The toy robot learns at tiny in minutes; the Natural MuJoCo tasks only at small, the CPU
+    # budget (RESULTS.md), and the targets are 3x random on walker, 2x elsewhere.
+    assert defaults("toy_position_camera") == {"size": "tiny", "margin": 50.0, "ratio": 2.0}
+    assert defaults("walker_walk") == {"size": "small", "margin": 0.0, "ratio": 3.0}
+    assert defaults("cup_catch") == {"size": "small", "margin": 0.0, "ratio": 2.0}
+    with pytest.raises(ValueError, match="unknown task 'walker_jog'"):
+        defaults("walker_jog")
