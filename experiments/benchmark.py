@@ -19,6 +19,7 @@ import sys
 from absl import app, flags
 
 from mummi_jax import config as C
+from mummi_jax import presets
 
 WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe", "reference")
 FLAGS = flags.FLAGS
@@ -57,7 +58,6 @@ MODEL_WHATS = ("train_step", "acting", "loop", "sweep", "reference")
 
 def check_flags(flag_values) -> None:
     """Every flag checked before any benchmark starts: a one-line ValueError naming it."""
-    from mummi_jax import config as C
     from mummi_jax.envs import task_info
 
     for task in flag_values.tasks:
@@ -73,7 +73,9 @@ def check_flags(flag_values) -> None:
         raise ValueError(f"--seeds_list={flag_values.seeds_list}: each count must be >= 1")
     if flag_values.what in MODEL_WHATS:
         for task in tuple(flag_values.tasks) or ("walker_walk",):
-            C.make_config(flag_values.method, task, flag_values.size, overrides=flag_values.set)
+            presets.make_config(
+                flag_values.method, task, flag_values.size, overrides=flag_values.set
+            )
 
 
 def main(argv):

@@ -41,6 +41,7 @@ import time
 from absl import app, flags
 
 from mummi_jax import config as C
+from mummi_jax import presets
 
 METHODS_MAIN = ("mummi", "cvrl", "dreamer")
 METHODS_MORE = ("mummi_b", "mssm_e")
@@ -59,7 +60,7 @@ class Budget:
 
 
 BUDGETS = {
-    # The `small` preset's own schedule (config._small): walker episodes of 500 env steps.
+    # The `small` preset's own schedule (presets._small): walker episodes of 500 env steps.
     # MuMMI on walker_walk, 2026-12-04, 2-core CPU box: 60k env steps in about 30 minutes of
     # training (RESULTS.md), 3000 s per 100k.
     "cpu": Budget("small", (), 3000.0, "2-core CPU"),
@@ -86,7 +87,9 @@ def run_dir(out: str, method: str, task: str, seed: int) -> str:
 
 
 def make_config(budget: Budget, method: str, task: str, seed: int, sets=()):
-    return C.make_config(method, task, budget.size, "reference", seed, [*budget.overrides, *sets])
+    return presets.make_config(
+        method, task, budget.size, "reference", seed, [*budget.overrides, *sets]
+    )
 
 
 def status(out: str, method: str, task: str, seed: int) -> tuple[str, int]:

@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 
 from mummi_jax import config as C
-from mummi_jax import distributed
+from mummi_jax import distributed, presets
 
 FLAGS = flags.FLAGS
 
@@ -88,7 +88,7 @@ def resolve(logdir, methods, tasks, seeds, size, fidelity, sets):
     many = len(pairs) > 1
     out = []
     for m, t in pairs:
-        config = C.make_config(m, t, size, fidelity, seeds[0], sets)
+        config = presets.make_config(m, t, size, fidelity, seeds[0], sets)
         if config.train.envs != 1:
             raise ValueError("a sweep steps one env per seed; leave train.envs at 1")
         d = pair_logdir(logdir, m, t, many)

@@ -5,7 +5,7 @@ latent space? Trains on the toy 2D robot, then measures and plots each expert q(
 
 For each toy variant (`toy_position_camera`: position sensor + ceiling camera, Fig. 1;
 `toy_front_back`: front + back cameras, Fig. 19; `toy_xy`: x and y sensors, Fig. 20) and each
-method it trains a tiny world model (`config.make_config(preset, task, "tiny", "reference",
+method it trains a tiny world model (`presets.make_config(preset, task, "tiny", "reference",
 seed, ...)`) with the agent's own jitted train step on replay batches:
 
 - `mummi`: the `mummi` preset, PoE + per-modality MuMMI InfoNCE (eq. 14-17);
@@ -230,10 +230,10 @@ def collect_positions(env, modalities, seeds, seed):
 def make_config(method, task, seed, drop, overrides=(), image_size=64):
     """The resolved tiny config of `method` (`mummi` | `recon_poe`) on a toy `task`; `drop`:
     this method's train-time modality-drop probability (`loss.modality_drop`)."""
-    from mummi_jax import config as C
+    from mummi_jax import presets
 
     extra = [f"env.image_size={image_size}", f"loss.modality_drop={drop}"]
-    return C.make_config(
+    return presets.make_config(
         METHODS[method], task, "tiny", "reference", seed, [*COMMON_OVERRIDES, *extra, *overrides]
     )
 

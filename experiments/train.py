@@ -12,6 +12,7 @@ import sys
 from absl import app, flags
 
 from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.config import check_logdir
 
 FLAGS = flags.FLAGS
@@ -32,7 +33,7 @@ def define_flags():
 
 
 def resolve_config():
-    return C.make_config(
+    return presets.make_config(
         FLAGS.method,
         FLAGS.task,
         FLAGS.size,

@@ -114,7 +114,7 @@ class Agent:
     """Builds one model from a resolved config and an environment's specs.
 
     Args:
-      config: a resolved `Config` (see `config.make_config`).
+      config: a resolved `Config` (see `presets.make_config`).
       obs_spec: the environment's `observation_spec()` dict.
       action_spec: the environment's `action_spec()` (a (A,) array spec in [-1, 1]).
 

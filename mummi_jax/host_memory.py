@@ -44,7 +44,10 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     ok = mallopt(_M_MMAP_MAX, 0) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    # -1, not the largest int: mallopt's argument is an int, so 2**31 - 1 was the highest
+    # threshold it could set, and a paper-size update frees more than that at once (glibc
+    # then trimmed it and faulted it in again on the next call); -1 is "never trim".
+    ok &= mallopt(_M_TRIM_THRESHOLD, -1) == 1
     ok &= mallopt(_M_ARENA_MAX, 1) == 1
     _applied = bool(ok)
     return _applied

@@ -12,6 +12,7 @@ import pytest
 from dm_env import specs
 
 from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.agent import Agent, get_path, optimizer_paths
 from mummi_jax.parallel import SeedParallel
 
@@ -37,7 +38,7 @@ ACTION2 = specs.BoundedArray((2,), np.float32, -1, 1)
 )
 def test_parameter_counts_match_the_released_code(method, wm):
     """Counts derived from the released code (reference-code.md §2.7), walker (6, 2)."""
-    agent = Agent(C.make_config(method, "walker_walk", "paper"), walker_spec(), ACTION6)
+    agent = Agent(presets.make_config(method, "walker_walk", "paper"), walker_spec(), ACTION6)
     counts = agent.param_counts(jax.eval_shape(agent.init, jax.random.key(0)))
     assert counts == {"wm": wm, "actor": 578_412, "value": 413_601}
 
@@ -82,7 +83,7 @@ TINY = [
 
 @pytest.mark.parametrize("method", C.METHODS)
 def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
-    cfg = C.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
+    cfg = presets.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec(16 + cfg.env.crop_margin)  # CoRAL renders a margin it crops off
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     # The train step of a single run (`runner.Runner`: one seed through SeedParallel), with
@@ -161,14 +162,14 @@ def test_optimiser_states_and_targets_are_keyed_like_the_parameters(
     `params` (its moments shaped like that subtree); `targets` holds each target network at
     the path of the network it tracks, shaped like it."""
     if fidelity == "walker":  # CoRAL's image + proprio: params["obs_norm"], never trained
-        cfg = C.make_config(method, "walker_walk", "tiny", overrides=TINY)
+        cfg = presets.make_config(method, "walker_walk", "tiny", overrides=TINY)
         spec = {
             "image": specs.Array((16 + cfg.env.crop_margin,) * 2 + (3,), np.uint8),
             "proprio": specs.Array((5,), np.float32),
         }
         spec.update({f"{m}_flag": specs.Array((), np.float32) for m in list(spec)})
     else:
-        cfg = C.make_config(
+        cfg = presets.make_config(
             method, "toy_position_camera", "tiny", fidelity, overrides=TINY + overrides
         )
         spec = toy_spec(16 + cfg.env.crop_margin)
@@ -194,7 +195,7 @@ def test_optimiser_states_and_targets_are_keyed_like_the_parameters(
 
 
 def test_act_step_gives_bounded_actions_and_keeps_its_latent():
-    cfg = C.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     state = agent.init(jax.random.key(0))
@@ -210,7 +211,7 @@ def test_act_step_gives_bounded_actions_and_keeps_its_latent():
 
 
 def test_bad_batches_fail_before_compiling():
-    cfg = C.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     batch = fixed_batch(agent, spec, 1, 2, 3)
@@ -225,7 +226,7 @@ def test_bad_batches_fail_before_compiling():
 
 
 def test_device_out_of_memory_becomes_a_memory_error_that_names_the_fix():
-    cfg = C.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     batch = fixed_batch(agent, spec, 1, 2, 3)
@@ -246,7 +247,7 @@ def test_device_out_of_memory_becomes_a_memory_error_that_names_the_fix():
 
 
 def test_agent_rejects_a_spec_without_the_configured_modalities():
-    cfg = C.make_config("mummi", "walker_walk", "tiny")
+    cfg = presets.make_config("mummi", "walker_walk", "tiny")
     spec = walker_spec()
     del spec["touch"], spec["touch_flag"]
     with pytest.raises(ValueError, match="observation spec lacks"):
@@ -255,7 +256,7 @@ def test_agent_rejects_a_spec_without_the_configured_modalities():
 
 def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f32():
     """`model.precision=bfloat16` (the counterpart of the reference's mixed float16)."""
-    cfg32 = C.make_config("dreamer", "toy_position_camera", "tiny", overrides=TINY)
+    cfg32 = presets.make_config("dreamer", "toy_position_camera", "tiny", overrides=TINY)
     cfg16 = C.override(cfg32, {"model.precision": "bfloat16"})
     spec = toy_spec(16)
     a32, a16 = Agent(cfg32, spec, ACTION2), Agent(cfg16, spec, ACTION2)

@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mummi_jax import config as C
 from mummi_jax import distributions as dist
-from mummi_jax import networks
+from mummi_jax import networks, presets
 
 
 def sigmoid(x):
@@ -221,7 +220,7 @@ def test_actor_distribution_parameterisation_by_hand():
 def test_preprocess_scales(touch_scale):
     from mummi_jax.agent import Agent
 
-    config = C.make_config(
+    config = presets.make_config(
         "mummi", "walker_walk", "tiny", overrides={"model.touch_scale": touch_scale}
     )
     spec = {

@@ -1,10 +1,13 @@
 """Config presets, overrides and validation: clear errors before anything is built."""
 
 import json
+import re
+import typing
 
 import pytest
 
 from mummi_jax import config as C
+from mummi_jax import presets
 
 
 @pytest.mark.parametrize("method", C.METHODS)
@@ -12,13 +15,13 @@ from mummi_jax import config as C
 def test_every_preset_resolves_on_every_suite(method, fidelity):
     for task in ("walker_walk", "cup_catch", "cartpole_swingup", "toy_position_camera", "wipe"):
         for size in C.SIZES:
-            cfg = C.make_config(method, task, size, fidelity)
+            cfg = presets.make_config(method, task, size, fidelity)
             assert cfg.method == method and cfg.env.task == task
             C.validate(cfg)
 
 
 def test_preset_values_follow_the_reference_code():
-    mummi = C.make_config("mummi", "walker_walk")
+    mummi = presets.make_config("mummi", "walker_walk")
     assert (mummi.model.fusion, mummi.model.poe, mummi.loss.representation) == (
         "poe",
         "reference",
@@ -31,36 +34,41 @@ def test_preset_values_follow_the_reference_code():
     }
     assert mummi.optim.clip == 30.0 and mummi.optim.eps == 1e-7
     assert mummi.behavior.planner == "latent_mpc" and mummi.env.missing_train == 0.05
-    cvrl = C.make_config("cvrl", "walker_walk")
+    cvrl = presets.make_config("cvrl", "walker_walk")
     assert cvrl.model.fusion == "concat" and cvrl.behavior.sac_weight == 0.0
-    assert C.make_config("cvrl", "walker_walk", fidelity="paper").behavior.sac_weight > 0
-    dreamer = C.make_config("dreamer", "walker_walk")
+    assert presets.make_config("cvrl", "walker_walk", fidelity="paper").behavior.sac_weight > 0
+    dreamer = presets.make_config("dreamer", "walker_walk")
     assert dreamer.behavior.planner == "none"
     assert (
-        C.make_config("dreamer", "walker_walk", fidelity="paper").behavior.planner == "latent_mpc"
+        presets.make_config("dreamer", "walker_walk", fidelity="paper").behavior.planner
+        == "latent_mpc"
     )
-    paper = C.make_config("mummi", "walker_walk", fidelity="paper")
+    paper = presets.make_config("mummi", "walker_walk", fidelity="paper")
     assert paper.env.missing == "paper" and paper.env.missing_test == (0.0, 0.375, 0.75)
-    assert C.make_config("mummi", "wipe").model.fused == 256
-    coral = C.make_config("coral_p", "cartpole_swingup")
+    assert presets.make_config("mummi", "wipe").model.fused == 256
+    coral = presets.make_config("coral_p", "cartpole_swingup")
     assert coral.rep_losses(("image", "proprio")) == {"image": "coral_p", "proprio": "recon"}
-    coral = C.make_config("coral_p", "cartpole_swingup", overrides=["env.modalities=image,depth"])
+    coral = presets.make_config(
+        "coral_p", "cartpole_swingup", overrides=["env.modalities=image,depth"]
+    )
     assert coral.rep_losses(("image", "depth")) == {"image": "coral_p", "depth": "recon"}
 
 
 def test_overrides_are_typed_and_unknown_keys_fail():
-    cfg = C.make_config("mummi", "walker_walk", overrides=["model.deter=64", "train.steps=1e4"])
+    cfg = presets.make_config(
+        "mummi", "walker_walk", overrides=["model.deter=64", "train.steps=1e4"]
+    )
     assert cfg.model.deter == 64 and cfg.train.steps == 10_000
-    cfg = C.make_config("mummi", "walker_walk", overrides={"env.missing_test": "0,0.1"})
+    cfg = presets.make_config("mummi", "walker_walk", overrides={"env.missing_test": "0,0.1"})
     assert cfg.env.missing_test == (0.0, 0.1)
     with pytest.raises(ValueError, match="model.deterr"):
-        C.make_config("mummi", "walker_walk", overrides=["model.deterr=3"])
+        presets.make_config("mummi", "walker_walk", overrides=["model.deterr=3"])
     with pytest.raises(ValueError, match="expected int"):
-        C.make_config("mummi", "walker_walk", overrides=["model.deter=abc"])
+        presets.make_config("mummi", "walker_walk", overrides=["model.deter=abc"])
     with pytest.raises(ValueError, match="expected int"):
-        C.make_config("mummi", "walker_walk", overrides=["model.deter=2.5"])
+        presets.make_config("mummi", "walker_walk", overrides=["model.deter=2.5"])
     with pytest.raises(ValueError, match="unknown config section"):
-        C.make_config("mummi", "walker_walk", overrides=["modle.deter=3"])
+        presets.make_config("mummi", "walker_walk", overrides=["modle.deter=3"])
 
 
 @pytest.mark.parametrize(
@@ -79,7 +87,7 @@ def test_overrides_are_typed_and_unknown_keys_fail():
 )
 def test_nonsense_is_rejected_with_the_valid_choices(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        C.make_config(**kwargs)
+        presets.make_config(**kwargs)
 
 
 @pytest.mark.parametrize("layers", [1, 2, 3, 4])
@@ -92,10 +100,12 @@ def test_images_too_small_for_the_encoder_are_refused_at_the_exact_limit(layers)
     limit = C.min_image_size(layers)
     over = [f"model.cnn_layers={layers}"]
     with pytest.raises(ValueError, match=f"env.image_size>={limit} or fewer layers"):
-        C.make_config(
+        presets.make_config(
             "mummi", "walker_walk", "tiny", overrides=[*over, f"env.image_size={limit - 1}"]
         )
-    C.make_config("mummi", "walker_walk", "tiny", overrides=[*over, f"env.image_size={limit}"])
+    presets.make_config(
+        "mummi", "walker_walk", "tiny", overrides=[*over, f"env.image_size={limit}"]
+    )
     # At the limit the last conv still has a 1x1 output; one pixel less and it has none.
     enc = ConvEncoder(2, layers)
     shape = lambda size: (
@@ -107,7 +117,7 @@ def test_images_too_small_for_the_encoder_are_refused_at_the_exact_limit(layers)
 
 
 def test_config_round_trips_through_json():
-    cfg = C.make_config("coral_v", "walker_walk", "tiny", "paper", seed=3)
+    cfg = presets.make_config("coral_v", "walker_walk", "tiny", "paper", seed=3)
     again = C.from_dict(json.loads(cfg.to_json()))
     assert again == cfg
 
@@ -138,31 +148,79 @@ def test_config_round_trips_through_json():
 )
 def test_every_count_size_rate_and_site_is_checked_before_anything_runs(override, match):
     with pytest.raises(ValueError, match=match):
-        C.make_config("mummi", "walker_walk", "tiny", overrides=[override])
+        presets.make_config("mummi", "walker_walk", "tiny", overrides=[override])
+
+
+def _fields():
+    """(dotted key, annotated type) of every option of the schema."""
+    top = C._section_types(C.Config())
+    yield from ((k, top[k]) for k in C.TOP_LEVEL)
+    for section in C.SECTIONS:
+        yield from (
+            (f"{section}.{k}", t)
+            for k, t in C._section_types(C.Config().__getattribute__(section)).items()
+        )
+
+
+def test_each_option_s_valid_values_are_its_field_type_and_every_one_is_checked():
+    """A `Literal` field refuses a value outside its choices, naming all of them, and an
+    `Annotated` number one step past its bound, naming the bound: nothing is checked by a list
+    kept apart from the schema, so a new option is checked the moment it has a type."""
+    base = presets.make_config("mummi", "walker_walk", "tiny")
+    literals = ranged = 0
+    for key, typ in _fields():
+        origin = typing.get_origin(typ)
+        if key in ("method", "fidelity", "size"):
+            continue  # make_config's own arguments (checked in test_nonsense_...)
+        section, _, name = key.partition(".")
+        if origin is typing.Literal:
+            choices = typing.get_args(typ)
+            with pytest.raises(
+                ValueError,
+                match=f"unknown {key} 'bogus'; valid choices: " + ", ".join(choices) + "$",
+            ):
+                C.validate(C.override(base, {key: "bogus"}))
+            literals += 1
+        elif origin is typing.Annotated:
+            inner, rule = typing.get_args(typ)
+            step = 1 if inner is int else 1e-3
+            bad = rule.low - step if not isinstance(rule, C.Within) else rule.high + step
+            with pytest.raises(ValueError, match=f"^{re.escape(key)}=.* must be "):
+                C.validate(C.override(base, {key: inner(bad)}))
+            ranged += 1
+    assert literals >= 20 and ranged >= 70, (literals, ranged)
+    # The module-level tuples are read from the types, not kept beside them.
+    assert C.METHODS == typing.get_args(C.Method) == tuple(presets.PRESETS)
+    assert C.SIZES == tuple(presets.SIZE_PRESETS)
+    from mummi_jax.optim import ADAM_FORMS  # what optim.adam implements
+
+    assert typing.get_args(C.AdamForm) == ADAM_FORMS
 
 
 def test_touch_site_reaches_the_environment_for_every_task_with_a_choice(tmp_path):
     from mummi_jax.episodes import env_kwargs_from_config
 
-    kwargs = lambda task, *o: env_kwargs_from_config(C.make_config("mummi", task, overrides=o))
+    kwargs = lambda task, *o: env_kwargs_from_config(
+        presets.make_config("mummi", task, overrides=o)
+    )
     assert kwargs("cup_catch", "env.touch_site=interior")["touch_site"] == "interior"
     assert kwargs("walker_walk", "env.touch_site=foot")["touch_site"] == "foot"
     assert kwargs("cup_catch")["touch_site"] is None  # the task's default (bottom)
     with pytest.raises(ValueError, match="cartpole_swingup.*it has none"):
-        C.make_config("mummi", "cartpole_swingup", overrides=["env.touch_site=sole"])
+        presets.make_config("mummi", "cartpole_swingup", overrides=["env.touch_site=sole"])
     # A background folder that exists is accepted; a toy task ignores the option.
-    C.make_config("mummi", "walker_walk", overrides=[f"env.background={tmp_path}"])
-    C.make_config("mummi", "toy_xy", overrides=["env.background=/no/such/folder"])
+    presets.make_config("mummi", "walker_walk", overrides=[f"env.background={tmp_path}"])
+    presets.make_config("mummi", "toy_xy", overrides=["env.background=/no/such/folder"])
 
 
 def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users():
     # The preset's loss weights name image, depth and touch; a run on proprio alone keeps none
     # of them instead of failing on a modality it does not have.
-    c = C.make_config("mummi", "walker_walk", "tiny", overrides=["env.modalities=proprio"])
+    c = presets.make_config("mummi", "walker_walk", "tiny", overrides=["env.modalities=proprio"])
     assert c.env.modalities == "proprio" or tuple(c.env.modalities) == ("proprio",)
     assert "image" not in c.loss.weights
     with pytest.raises(ValueError, match="image"):
-        C.make_config(
+        presets.make_config(
             "mummi",
             "walker_walk",
             "tiny",
@@ -171,7 +229,7 @@ def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users(
 
 
 def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path):
-    config = C.make_config("mummi", "walker_walk", "tiny")
+    config = presets.make_config("mummi", "walker_walk", "tiny")
     saved = json.loads(config.to_json())
     del saved["model"]["shared_noise"]  # as written by code that predates the option
     (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from dm_env import specs
 
-from mummi_jax import config as C
 from mummi_jax import distributions as dist
-from mummi_jax import inputs, objectives
+from mummi_jax import inputs, objectives, presets
 from mummi_jax.agent import Agent
 from mummi_jax.world_model import features
 
@@ -23,7 +22,7 @@ from mummi_jax.world_model import features
 # ----------------------------------------------------------------------------- the presets
 @pytest.mark.parametrize("variant", ["coral_v", "coral_p"])
 def test_the_coral_presets_resolve_to_coral_s_values(variant):
-    cfg = C.make_config(variant, "walker_walk")
+    cfg = presets.make_config(variant, "walker_walk")
     e, m, loss, b, o, t = cfg.env, cfg.model, cfg.loss, cfg.behavior, cfg.optim, cfg.train
     want = {
         # item: (ours, CoRAL's) -- coral.md section in the comment
@@ -76,13 +75,13 @@ def test_action_repeat_and_partial_proprio_per_task_follow_coral_table_1(
 ):
     from mummi_jax.envs.tasks import PARTIAL_PROPRIO
 
-    cfg = C.make_config("coral_v", task)
+    cfg = presets.make_config("coral_v", task)
     assert cfg.env.action_repeat == repeat and cfg.env.proprio == "partial"
     assert sum(b - a for _, a, b in PARTIAL_PROPRIO[task]) == proprio_dims
 
 
 def test_other_suites_keep_their_modalities_and_bad_coral_options_name_key_and_choices():
-    toy = C.make_config("coral_p", "toy_position_camera", "tiny")
+    toy = presets.make_config("coral_p", "toy_position_camera", "tiny")
     assert toy.env.modalities == () and toy.env.proprio == "full" and toy.env.crop_margin == 12
     bad = {
         "env.proprio=some": "env.proprio 'some'; valid choices: full, partial",
@@ -99,9 +98,9 @@ def test_other_suites_keep_their_modalities_and_bad_coral_options_name_key_and_c
     }
     for override, match in bad.items():
         with pytest.raises(ValueError, match=match.replace("(", r"\(")):
-            C.make_config("coral_v", "walker_walk", overrides=[override])
+            presets.make_config("coral_v", "walker_walk", overrides=[override])
     with pytest.raises(ValueError, match="env.proprio='partial' has no split for task 'wipe'"):
-        C.make_config("coral_v", "wipe", overrides=["env.proprio=partial"])
+        presets.make_config("coral_v", "wipe", overrides=["env.proprio=partial"])
 
 
 # ----------------------------------------------------------------------------- the crop
@@ -159,7 +158,7 @@ SMALL = ["train.batch=2", "train.length=4"]
 
 @pytest.fixture(scope="module")
 def coral_agent():
-    cfg = C.make_config("coral_v", "cartpole_swingup", "tiny", overrides=SMALL)
+    cfg = presets.make_config("coral_v", "cartpole_swingup", "tiny", overrides=SMALL)
     agent = Agent(cfg, dmc_spec(), specs.BoundedArray((1,), np.float32, -1, 1))
     return agent, jax.jit(agent.init)(jax.random.key(0))  # one compile, not one per op
 
@@ -225,7 +224,7 @@ def test_evaluation_takes_the_mean_action_and_training_adds_no_noise(coral_agent
 
 # ----------------------------------------------------------------------------- P-CoRAL
 def _recon_ctx(variant, post_feat, obs):
-    cfg = C.make_config(variant, "cartpole_swingup", "tiny")
+    cfg = presets.make_config(variant, "cartpole_swingup", "tiny")
 
     class LinearDecoder:  # a fake world model: dec_proprio(feat) = feat[..., :2]
         def apply(self, params, name, feat):
@@ -312,7 +311,7 @@ def test_coral_trains_end_to_end_on_dmc_with_image_and_z_scored_partial_proprio(
         "train.eval_every=0",
         "train.prefetch=0",
     ]
-    cfg = C.make_config(variant, "cartpole_swingup", "tiny", overrides=over)
+    cfg = presets.make_config(variant, "cartpole_swingup", "tiny", overrides=over)
     kwargs = env_kwargs_from_config(cfg)
     assert kwargs["image_size"] == 44 and kwargs["proprio"] == "partial"
     agent = build_agent(cfg, kwargs)

@@ -28,10 +28,10 @@ def test_every_experiments_module_imports_in_one_process():
 def _run_dirs(tmp_path):
     """A train logdir, a sweep logdir and an evaluate logdir whose newest checkpoint is
     garbage (their config.json is what the command below resolves to)."""
-    from mummi_jax import config as C
+    from mummi_jax import presets
     from mummi_jax.checkpoint import atomic_write
 
-    config = C.make_config("mummi", "toy_xy", "tiny")
+    config = presets.make_config("mummi", "toy_xy", "tiny")
     dirs = {}
     for name, sub in (("train", ""), ("sweep", "seed0"), ("evaluate", "")):
         d = tmp_path / name / sub

@@ -8,13 +8,13 @@ and for uniform random actions on the same episode seeds. About 2 minutes on 2 c
 import numpy as np
 import pytest
 
-from experiments.learning_check import check
-from mummi_jax import config as C
+from experiments.learning_check import check, defaults
+from mummi_jax import presets
 
 
 @pytest.mark.slow
 def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
-    config = C.make_config("mummi", "toy_position_camera", "tiny", seed=0)
+    config = presets.make_config("mummi", "toy_position_camera", "tiny", seed=0)
     result = check(config, str(tmp_path), episodes=10, margin=50.0)
     agent, rand = result["agent"]["mean"], result["random"]["mean"]
     assert result["env_steps"] == 20_000 and result["updates"] == 5_000
@@ -22,3 +22,13 @@ def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
     assert agent >= rand + 50 and agent >= 2 * rand, (agent, rand)
     assert agent >= 120, result["agent"]["returns"]
     assert np.all(np.isfinite(result["agent"]["returns"]))
+
+
+def test_a_task_s_check_defaults_to_its_cpu_budget_and_its_target():
+    # The toy robot learns at tiny in minutes; the Natural MuJoCo tasks only at small, the CPU
+    # budget (RESULTS.md), and the targets are 3x random on walker, 2x elsewhere.
+    assert defaults("toy_position_camera") == {"size": "tiny", "margin": 50.0, "ratio": 2.0}
+    assert defaults("walker_walk") == {"size": "small", "margin": 0.0, "ratio": 3.0}
+    assert defaults("cup_catch") == {"size": "small", "margin": 0.0, "ratio": 2.0}
+    with pytest.raises(ValueError, match="unknown task 'walker_jog'"):
+        defaults("walker_jog")

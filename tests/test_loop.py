@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import envs
+from mummi_jax import envs, presets
 from mummi_jax.agent import Agent
 from mummi_jax.checkpoint import atomic_write
 from mummi_jax.episodes import env_kwargs_from_config, run_episode, run_episodes
@@ -39,7 +39,7 @@ SMALL = [
 
 
 def make_runner(method, logdir, task="toy_position_camera", extra=()):
-    config = C.make_config(method, task, "tiny", overrides=SMALL + list(extra))
+    config = presets.make_config(method, task, "tiny", overrides=SMALL + list(extra))
     kwargs = env_kwargs_from_config(config)
     probe = envs.make(**kwargs, seed=config.seed)
     agent = Agent(config, probe.observation_spec(), probe.action_spec())
@@ -213,7 +213,7 @@ def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
     call; episode for episode, the same data as playing them one by one in process."""
     from mummi_jax.envs.workers import EnvPool
 
-    config = C.make_config("mummi", "toy_position_camera", "tiny", overrides=SMALL)
+    config = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=SMALL)
     kwargs = env_kwargs_from_config(config)
     seeds = [11, 12]
     rngs = [np.random.default_rng(s) for s in seeds]

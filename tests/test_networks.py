@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import networks
+from mummi_jax import networks, presets
 
 
 def _lax_conv(x, kernel):
@@ -76,7 +76,7 @@ def test_bfloat16_matmul_conv_computes_in_bf16_and_returns_f32():
 
 def test_unknown_conv_impl_names_the_choices():
     with pytest.raises(ValueError, match="model.conv_impl.*auto, xla, matmul"):
-        C.make_config("mummi", "walker_walk", "tiny", overrides=["model.conv_impl=cudnn"])
+        presets.make_config("mummi", "walker_walk", "tiny", overrides=["model.conv_impl=cudnn"])
     with pytest.raises(ValueError, match="auto.*xla.*matmul"):
         enc = networks.ConvEncoder(4, 1, conv_impl="cudnn")
         enc.init(jax.random.key(0), jnp.ones((1, 8, 8, 1)))
@@ -129,7 +129,7 @@ def test_a_seed_sweep_of_a_reconstruction_method_lowers_without_convolutions():
     from mummi_jax.parallel import SeedParallel
 
     impl = C.resolve_conv_impl("auto", seeds_per_device=2, backend="gpu")
-    cfg = C.make_config(
+    cfg = presets.make_config(
         "dreamer",
         "toy_position_camera",
         "tiny",

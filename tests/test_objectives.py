@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from dm_env import specs
 
-from mummi_jax import config as C
-from mummi_jax import objectives
+from mummi_jax import objectives, presets
 from mummi_jax.agent import Agent
 from tests.test_agent import TINY, fixed_batch, toy_spec
 
@@ -53,7 +52,7 @@ def toy_objective():
 
 def test_a_registered_objective_trains_its_own_head_with_no_other_edit(toy_objective):
     line = "loss.representation=camera=mummi,position=toy_l2"  # the preset line
-    cfg = C.make_config("mummi", "toy_position_camera", "tiny", overrides=[*TINY, line])
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=[*TINY, line])
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
     assert agent.rep == {"position": "toy_l2", "camera": "mummi"}
@@ -73,7 +72,7 @@ def test_a_registered_objective_trains_its_own_head_with_no_other_edit(toy_objec
 def test_the_config_takes_its_objective_names_from_the_registry(toy_objective):
     over = [*TINY, "loss.representation=toy_l2", "model.fusion=concat"]
     with pytest.raises(ValueError, match="needs model.fusion='poe'"):
-        C.make_config("mummi", "toy_position_camera", "tiny", overrides=over)
+        presets.make_config("mummi", "toy_position_camera", "tiny", overrides=over)
     with pytest.raises(ValueError, match="already registered"):
         objectives.register(TOY)
 
@@ -81,7 +80,7 @@ def test_the_config_takes_its_objective_names_from_the_registry(toy_objective):
 def test_an_unregistered_objective_is_rejected_with_the_valid_names():
     over = [*TINY, "loss.representation=toy_l2"]
     with pytest.raises(ValueError, match=r"unknown loss.representation 'toy_l2'.*mummi, mummi_b"):
-        C.make_config("mummi", "toy_position_camera", "tiny", overrides=over)
+        presets.make_config("mummi", "toy_position_camera", "tiny", overrides=over)
 
 
 def test_the_built_in_objectives_sum_in_a_fixed_order():

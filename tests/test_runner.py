@@ -49,10 +49,11 @@ import jax
 import numpy as np
 assert len(jax.devices()) == 4, jax.devices()
 from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.runner import Runner
 
 out, overrides = sys.argv[1], json.loads(sys.argv[2])
-config = C.make_config("mummi_b", "toy_position_camera", "tiny", overrides=overrides)
+config = presets.make_config("mummi_b", "toy_position_camera", "tiny", overrides=overrides)
 sweep = Runner(config, out + "/sweep", [0, 1, 2, 3], progress=False)
 stacked, counters = sweep.train()
 # The compiled train and act steps, as they ran (compilation-cache hits), are row-parallel:
@@ -217,11 +218,13 @@ def _first_layout(state) -> dict:
 def test_a_checkpoint_of_the_first_train_state_layout_resumes_in_the_current_one(
     tmp_path, method, fidelity, overrides
 ):
-    from mummi_jax import config as C
+    from mummi_jax import presets
     from mummi_jax.agent import Agent
     from tests.test_agent import ACTION2, TINY, toy_spec
 
-    cfg = C.make_config(method, "toy_position_camera", "tiny", fidelity, overrides=TINY + overrides)
+    cfg = presets.make_config(
+        method, "toy_position_camera", "tiny", fidelity, overrides=TINY + overrides
+    )
     agent = Agent(cfg, toy_spec(16 + cfg.env.crop_margin), ACTION2)
     state = agent.init(jax.random.key(0))
     # Tell every array apart, so that one put in another's place would show.
@@ -302,6 +305,9 @@ def test_the_library_imports_form_no_circle_and_keep_the_walls():
         assert not short[module] & (MODEL_CORE | {"agent", "parallel", "runner"}), module
     assert "runner" not in short["video"] and "video" not in short["checkpoint"]
     assert "config" not in short["networks"]
+    # The schema knows no preset; the presets are built on it, and the model core on neither.
+    assert "presets" not in short["config"]
+    assert not any("presets" in short[m] for m in MODEL_CORE | HOST_LOOP | {"agent"})
     # The library never imports the entry points.
     sources = "".join(p.read_text() for p in (ROOT / "mummi_jax").rglob("*.py"))
     assert not re.search(r"^\s*(from|import) experiments", sources, re.M)
@@ -313,11 +319,11 @@ def _schedule(after_prefill, episodes_env_steps, **train):
     env steps: a list of (env step, updates)."""
     from types import SimpleNamespace
 
-    from mummi_jax import config as C
+    from mummi_jax import presets
     from mummi_jax.runner import Runner, fresh_counters
 
     over = {"train.after_prefill": after_prefill, **{f"train.{k}": v for k, v in train.items()}}
-    config = C.make_config("mummi", "toy_xy", "tiny", overrides=over)
+    config = presets.make_config("mummi", "toy_xy", "tiny", overrides=over)
     phases = []
 
     def phase(stacked, counters, on, updates):
@@ -346,7 +352,7 @@ def test_after_prefill_pretrain_trains_once_then_counts_from_there_as_the_releas
 
 
 def test_pretrain_must_be_a_multiple_of_the_updates_per_call():
-    from mummi_jax import config as C
+    from mummi_jax import presets
 
     with pytest.raises(ValueError, match=r"train.pretrain=7 .* train.updates_per_call=5"):
-        C.make_config("mummi", "toy_xy", "tiny", overrides={"train.pretrain": 7})
+        presets.make_config("mummi", "toy_xy", "tiny", overrides={"train.pretrain": 7})

@@ -15,7 +15,7 @@ import dm_env
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import envs
+from mummi_jax import envs, presets
 from mummi_jax.agent import Agent
 from mummi_jax.checkpoint import atomic_write
 from mummi_jax.episodes import env_kwargs_from_config
@@ -37,7 +37,7 @@ REF_SEEDS = (0, 1, 2)
 
 
 def make_config(seed=0):
-    return C.make_config("mummi", "toy_position_camera", "tiny", seed=seed, overrides=SWEEP)
+    return presets.make_config("mummi", "toy_position_camera", "tiny", seed=seed, overrides=SWEEP)
 
 
 def numbers(logdir):

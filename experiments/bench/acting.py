@@ -15,7 +15,7 @@ import numpy as np
 from dm_env import specs
 
 from experiments.bench.train_step import _spec
-from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.agent import Agent
 
 ENV_COUNTS = (1, 8)
@@ -38,7 +38,7 @@ def run(flags):
     methods = ("mummi", "cvrl") if flags.method == "mummi" else (flags.method,)
     repeats = flags.repeats or 200
     for method in methods:
-        cfg = C.make_config(method, "walker_walk", flags.size, overrides=flags.set)
+        cfg = presets.make_config(method, "walker_walk", flags.size, overrides=flags.set)
         spec = _spec(cfg.env.image_size, cfg)
         agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
         state = agent.init(jax.random.key(0))

@@ -25,11 +25,11 @@ import jax
 
 
 def run(flags):
-    from mummi_jax import config as C
+    from mummi_jax import presets
     from mummi_jax.runner import Runner
 
     for task in tuple(flags.tasks) or ("walker_walk",):
-        base = C.make_config(flags.method, task, flags.size, overrides=flags.set)
+        base = presets.make_config(flags.method, task, flags.size, overrides=flags.set)
         t = base.train
         per_ep = base.env.time_limit  # env steps per episode
         phase = flags.repeats or t.train_steps
@@ -41,7 +41,7 @@ def run(flags):
             f"train.updates_per_call={math.gcd(t.updates_per_call, phase)}",
             "train.eval_every=0",
         ]
-        config = C.make_config(flags.method, task, flags.size, overrides=[*flags.set, *over])
+        config = presets.make_config(flags.method, task, flags.size, overrides=[*flags.set, *over])
         with tempfile.TemporaryDirectory() as logdir:
             runner = Runner(config, logdir, progress=False)
             t0 = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 from dm_env import specs
 
 from experiments.bench.train_step import _batch, _spec
-from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.agent import Agent
 from mummi_jax.device_memory import compiled_gigabytes, device_peak_gigabytes, is_out_of_memory
 from mummi_jax.parallel import SeedParallel
@@ -30,7 +30,7 @@ from mummi_jax.runner import agent_config
 
 
 def run(flags):
-    cfg = C.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
+    cfg = presets.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
     spec = _spec(cfg.env.image_size, cfg)
     action_spec = specs.BoundedArray((6,), np.float32, -1, 1)
     agents = {}  # conv form -> Agent, built once each

@@ -23,6 +23,7 @@ import numpy as np
 from dm_env import specs
 
 from mummi_jax import config as C
+from mummi_jax import presets
 from mummi_jax.agent import Agent
 from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
@@ -143,7 +144,7 @@ def _components(agent, state, batch, repeats):
 
 def run(flags):
     size = flags.size
-    cfg = C.make_config(flags.method, "walker_walk", size, overrides=flags.set)
+    cfg = presets.make_config(flags.method, "walker_walk", size, overrides=flags.set)
     spec = _spec(cfg.env.image_size, cfg)
     agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
     K = flags.updates_per_call or (

@@ -84,6 +84,7 @@ def make_agent(cfg: dict, overrides=()):
     import dm_env.specs as specs
 
     from mummi_jax import config as C
+    from mummi_jax import presets
     from mummi_jax.agent import Agent
 
     over = {
@@ -96,7 +97,7 @@ def make_agent(cfg: dict, overrides=()):
         "train.batch": cfg["batch"],
         "train.length": cfg["length"],
     }
-    config = C.make_config("mummi", "walker_walk", "paper", "reference", overrides=over)
+    config = presets.make_config("mummi", "walker_walk", "paper", "reference", overrides=over)
     config = C.override(config, list(overrides))
     spec = {
         "image": specs.Array((IMAGE, IMAGE, 3), np.uint8),
