@@ -14,13 +14,16 @@ check against the released code sees it after one step (docs/PARITY.md).
 
 from __future__ import annotations
 
+import typing
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-ADAM_FORMS = ("keras", "optax")
+from mummi_jax.config import AdamForm
+
+ADAM_FORMS = typing.get_args(AdamForm)  # the config's choices are the forms built here
 
 
 class KerasAdamState(NamedTuple):
