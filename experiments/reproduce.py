@@ -17,11 +17,17 @@ results.json. Re-running the command resumes: a run with a results.json is done 
 a run with checkpoints continues from its newest one. Per task a uniform-random policy is
 scored on each seed's evaluation episodes (`OUT/random/<task>/seed<N>/results.json`).
 
+Every finished run's record (results.json, metrics.jsonl, config.json: tens of kB, no
+checkpoint) is copied into the archive, `docs/results/runs_<budget>/<method>/<task>/seed<N>/`
+beside `--results` (`--archive` to change it). The archive is meant to be committed: a run it
+holds counts as done on any machine, so the grid survives a fresh checkout and can be filled
+over several sittings and machines; the table is built from the archive alone.
+
 After every finished run `experiments.compare` writes OUT/compare.md, compare.json and
-curves.png, and the block between this budget's markers in `--results` (default RESULTS.md)
-is rewritten: the budget, the grid's status, the table beside the published Table I, and
-whether the published ordering (MuMMI > CVRL > Dreamer; MuMMI's smaller drop from none to
-high missing data) holds. Text outside the markers is kept.
+curves.png (from the archive), and the block between this budget's markers in `--results`
+(default RESULTS.md) is rewritten: the budget, the grid's status, the table beside the
+published Table I, and whether the published ordering (MuMMI > CVRL > Dreamer; MuMMI's
+smaller drop from none to high missing data) holds. Text outside the markers is kept.
 
 Budgets (`BUDGETS`): `cpu` is the `small` size, sized so that one run takes at most about
 45 minutes on a 2-core CPU; `gpu` is the paper's size and schedule (2M env steps). With
@@ -92,17 +98,60 @@ def make_config(budget: Budget, method: str, task: str, seed: int, sets=()):
     )
 
 
-def status(out: str, method: str, task: str, seed: int) -> tuple[str, int]:
-    """("done" | "partial" | "pending", env steps of its newest checkpoint)."""
+# What the archive keeps of a run: enough for compare's table, curves and check_logdir.
+ARCHIVED = ("results.json", "metrics.jsonl", "config.json")
+
+
+def default_archive(results_path: str, budget_name: str) -> str:
+    return os.path.join(
+        os.path.dirname(os.path.abspath(results_path)), "docs", "results", f"runs_{budget_name}"
+    )
+
+
+def status(
+    out: str, method: str, task: str, seed: int, archive: str | None = None
+) -> tuple[str, int]:
+    """("done" | "partial" | "pending", env steps of its newest checkpoint). A run is done
+    when its results.json is in OUT or in the archive."""
+    for root in (out, archive) if archive else (out,):
+        path = os.path.join(run_dir(root, method, task, seed), "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                return "done", int(json.load(f).get("env_steps", 0))
     d = run_dir(out, method, task, seed)
-    if os.path.exists(os.path.join(d, "results.json")):
-        with open(os.path.join(d, "results.json")) as f:
-            return "done", int(json.load(f).get("env_steps", 0))
     from mummi_jax import checkpoint
 
     ckpts = os.path.join(d, "checkpoints")
     steps = max(checkpoint.steps(ckpts), default=0) if os.path.isdir(ckpts) else 0
     return ("partial" if steps else "pending"), steps
+
+
+def archive_runs(out: str, archive: str) -> list[str]:
+    """Copies the record (ARCHIVED) of every finished run under OUT (each directory holding a
+    results.json, random baselines included) into the same place under `archive`, each file
+    written to a temporary name and renamed. A run already archived is not overwritten: the
+    archive is the record, and a logdir re-created with the same name is a different run.
+    Returns the run directories copied, relative to OUT."""
+    from mummi_jax.checkpoint import atomic_write
+
+    copied = []
+    if not os.path.isdir(out):
+        return copied
+    for root, dirs, files in os.walk(out):
+        dirs[:] = sorted(d for d in dirs if d != "checkpoints")
+        if "results.json" not in files:
+            continue
+        rel = os.path.relpath(root, out)
+        dest = os.path.join(archive, rel)
+        if os.path.exists(os.path.join(dest, "results.json")):
+            continue
+        # results.json last: an interrupted copy leaves a run the archive does not count.
+        for name in sorted(ARCHIVED, key=lambda n: n == "results.json"):
+            if name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    atomic_write(os.path.join(dest, name), f.read())
+        copied.append(rel)
+    return copied
 
 
 def train_and_evaluate(config, out: str, progress: bool) -> dict:
@@ -116,7 +165,7 @@ def train_and_evaluate(config, out: str, progress: bool) -> dict:
     return evaluate_logdir(runner.runs[0].logdir, videos=True)
 
 
-def random_baseline(config, out: str) -> str:
+def random_baseline(config, out: str, archive: str | None = None) -> str:
     """Scores uniform random actions on exactly the evaluation episodes of `config`'s run
     (its task and seed, the levels of `experiments.evaluate`); writes and returns
     `OUT/random/<task>/seed<N>/results.json` (compare pools the seeds as for any method)."""
@@ -127,8 +176,10 @@ def random_baseline(config, out: str) -> str:
 
     d = run_dir(out, "random", config.env.task, config.seed)
     path = os.path.join(d, "results.json")
-    if os.path.exists(path):
-        return path
+    for root in (out, archive) if archive else (out,):
+        done = os.path.join(run_dir(root, "random", config.env.task, config.seed), "results.json")
+        if os.path.exists(done):
+            return done
     runner = Runner(config, os.path.dirname(d), [config.seed], progress=False)
     state, _ = runner.restore()
     name, levels = protocol(config)
@@ -200,17 +251,26 @@ def _curves_line(out: str, results_path: str, budget_name: str) -> str:
     )
 
 
-def report(budget_name: str, out: str, results_path: str) -> str:
-    """Runs experiments.compare over OUT and rewrites this budget's block of `results_path`."""
+def _rel(path: str, results_path: str) -> str:
+    return os.path.relpath(path, os.path.dirname(os.path.abspath(results_path)))
+
+
+def report(budget_name: str, out: str, results_path: str, archive: str | None = None) -> str:
+    """Archives OUT's finished runs, runs experiments.compare over the archive (writing
+    OUT/compare.*) and rewrites this budget's block of `results_path`."""
     import io
 
     from experiments import compare
 
     budget = BUDGETS[budget_name]
+    archive = archive or default_archive(results_path, budget_name)
+    archive_runs(out, archive)
+    os.makedirs(out, exist_ok=True)
     buf, err = io.StringIO(), io.StringIO()
     # Twelve evaluations per run: the paper's EMA 0.9 (Fig. 5, hundreds of points) would keep
     # a curve near its first, single-episode value; 0.5 follows the run.
-    compare.run_compare([out], out, stdout=buf, stderr=err, smoothing=CURVE_SMOOTHING)
+    if os.path.isdir(archive):
+        compare.run_compare([archive], out, stdout=buf, stderr=err, smoothing=CURVE_SMOOTHING)
     rows = []
     if os.path.exists(os.path.join(out, "compare.json")):
         with open(os.path.join(out, "compare.json")) as f:
@@ -218,7 +278,7 @@ def report(budget_name: str, out: str, results_path: str) -> str:
     grid = []
     for k, stage in enumerate(stages(), 1):
         for m, t, s in stage:
-            state, steps = status(out, m, t, s)
+            state, steps = status(out, m, t, s, archive)
             grid.append(f"| {k} | {m} | {t} | {s} | {state} | {steps} |")
     example = make_config(budget, "mummi", "walker_walk", 0)
     tr = example.train
@@ -227,6 +287,9 @@ def report(budget_name: str, out: str, results_path: str) -> str:
         f"### Budget `{budget_name}` ({budget.where}), updated {time.strftime('%Y-%m-%d %H:%M')}",
         "",
         f"`MUJOCO_GL=egl python -m experiments.reproduce --budget={budget_name} --out={out}`",
+        "",
+        f"Finished runs are read from the archive `{_rel(archive, results_path)}` (committed; "
+        "results.json, metrics.jsonl and config.json of each run).",
         "",
         f"Size `{budget.size}`: {tr.steps} env steps per run, episodes of {example.env.time_limit} "
         f"env steps (action repeat {example.env.action_repeat}), {tr.train_steps} updates of "
@@ -277,6 +340,12 @@ def define_flags():
     flags.DEFINE_bool("measure", False, "--dry_run: measure the loop here (benchmark loop).")
     flags.DEFINE_float("seconds_per_100k", 0.0, "--dry_run: wall s per 100k env steps.")
     flags.DEFINE_string("results", "RESULTS.md", "Markdown file whose budget block is rewritten.")
+    flags.DEFINE_string(
+        "archive",
+        None,
+        "Finished runs' records (default docs/results/runs_<budget> beside "
+        "--results); a run archived there is done.",
+    )
     flags.DEFINE_multi_string("set", [], "Extra config override for every run (changes the grid).")
     flags.DEFINE_bool("progress", True, "Progress bars.")
 
@@ -312,11 +381,13 @@ def main(argv):
         return 2
     budget = BUDGETS[FLAGS.budget]
     out = FLAGS.out or os.path.join("runs", f"reproduce_{FLAGS.budget}")
+    archive = FLAGS.archive or default_archive(FLAGS.results, FLAGS.budget)
     try:
         grid = _grid(FLAGS.stages)
         configs = [make_config(budget, m, t, s, FLAGS.set) for m, t, s in grid]
         for cfg in configs:
-            C.check_logdir(run_dir(out, cfg.method, cfg.env.task, cfg.seed), cfg)
+            for root in (out, archive):
+                C.check_logdir(run_dir(root, cfg.method, cfg.env.task, cfg.seed), cfg)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -325,7 +396,7 @@ def main(argv):
         per_100k = per_100k or budget.seconds_per_100k
         total = 0.0
         for cfg in configs:
-            state, steps = status(out, cfg.method, cfg.env.task, cfg.seed)
+            state, steps = status(out, cfg.method, cfg.env.task, cfg.seed, archive)
             left = 0.0 if state == "done" else (cfg.train.steps - steps) / 1e5 * per_100k
             total += left
             print(
@@ -340,21 +411,21 @@ def main(argv):
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     for cfg in configs:
-        state, _ = status(out, cfg.method, cfg.env.task, cfg.seed)
+        state, _ = status(out, cfg.method, cfg.env.task, cfg.seed, archive)
         if state == "done":
             continue
         if FLAGS.max_minutes and time.time() - t0 > 60 * FLAGS.max_minutes:
             print(f"--max_minutes={FLAGS.max_minutes} reached; re-run to continue the grid")
             break
         print(f"[{cfg.method} / {cfg.env.task} / seed {cfg.seed}] training", flush=True)
-        random_baseline(cfg, out)
+        random_baseline(cfg, out, archive)
         try:
             train_and_evaluate(cfg, out, FLAGS.progress)
         except FloatingPointError as e:
             print(f"error: {e}", file=sys.stderr)
             continue
-        print(report(FLAGS.budget, out, FLAGS.results), flush=True)
-    print(report(FLAGS.budget, out, FLAGS.results))
+        print(report(FLAGS.budget, out, FLAGS.results, archive), flush=True)
+    print(report(FLAGS.budget, out, FLAGS.results, archive))
     return 0
 
 

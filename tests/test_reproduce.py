@@ -33,6 +33,12 @@ def test_status_reads_results_then_checkpoints(tmp_path):
     assert R.status(out, "mummi", "walker_walk", 0) == ("partial", 4000)
     atomic_write(os.path.join(d, "results.json"), json.dumps({"env_steps": 9000}).encode())
     assert R.status(out, "mummi", "walker_walk", 0) == ("done", 9000)
+    # A run archived elsewhere is done even where OUT has nothing of it (a fresh machine).
+    archive = str(tmp_path / "archive")
+    a = R.run_dir(archive, "cvrl", "walker_walk", 1)
+    atomic_write(os.path.join(a, "results.json"), json.dumps({"env_steps": 7000}).encode())
+    assert R.status(out, "cvrl", "walker_walk", 1) == ("pending", 0)
+    assert R.status(out, "cvrl", "walker_walk", 1, archive) == ("done", 7000)
 
 
 def _row(method, level, mean, task="walker_walk"):
@@ -56,11 +62,8 @@ def test_ordering_verdicts():
     assert R.ordering([]) == ["- not enough finished runs to compare methods yet"]
 
 
-def test_report_rewrites_only_its_block(tmp_path):
-    out = tmp_path / "grid"
-    results = tmp_path / "RESULTS.md"
-    results.write_text("# Results\n\nHand-written analysis.\n")
-    d = R.run_dir(str(out), "mummi", "walker_walk", 0)
+def _finished_run(out, method="mummi", seed=0, env_steps=100):
+    d = R.run_dir(str(out), method, "walker_walk", seed)
     evals = {
         lvl: {"returns": [10.0 + i, 12.0 + i], "mean": 11.0 + i, "std": 1.0}
         for i, lvl in enumerate(R.LEVELS)
@@ -69,10 +72,10 @@ def test_report_rewrites_only_its_block(tmp_path):
         os.path.join(d, "results.json"),
         json.dumps(
             {
-                "method": "mummi",
+                "method": method,
                 "task": "walker_walk",
-                "seed": 0,
-                "env_steps": 100,
+                "seed": seed,
+                "env_steps": env_steps,
                 "protocol": "table1",
                 "evaluations": evals,
             }
@@ -82,6 +85,15 @@ def test_report_rewrites_only_its_block(tmp_path):
     atomic_write(
         os.path.join(d, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows).encode()
     )
+    atomic_write(os.path.join(d, "checkpoints", "ckpt-000000100.msgpack"), b"weights")
+    return d
+
+
+def test_report_rewrites_only_its_block(tmp_path):
+    out = tmp_path / "grid"
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nHand-written analysis.\n")
+    _finished_run(out)
     first = R.report("cpu", str(out), str(results))
     assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in first
     assert "| walker_walk | mummi | none | 1 |" in first  # compare's table row
@@ -92,3 +104,37 @@ def test_report_rewrites_only_its_block(tmp_path):
     assert os.path.exists(out / "compare.md")
     assert "![curves](docs/results/curves_cpu.png)" in text
     assert (tmp_path / "docs" / "results" / "curves_cpu.png").exists()
+
+
+def test_archive_keeps_finished_runs_across_a_fresh_checkout(tmp_path):
+    """The grid's record must outlive its run directory: report() copies each finished run's
+    results/metrics/config (no checkpoints, no unfinished run) into the archive beside
+    RESULTS.md, the table is built from the archive, and with OUT gone the runs stay done."""
+    out = tmp_path / "grid"
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n")
+    _finished_run(out, "mummi", 0)
+    unfinished = R.run_dir(str(out), "cvrl", "walker_walk", 0)
+    atomic_write(os.path.join(unfinished, "checkpoints", "ckpt-000000050.msgpack"), b"w")
+    atomic_write(os.path.join(unfinished, "metrics.jsonl"), b'{"step": 50}\n')
+
+    R.report("cpu", str(out), str(results))
+    archive = tmp_path / "docs" / "results" / "runs_cpu"
+    kept = archive / "mummi" / "walker_walk" / "seed0"
+    assert sorted(os.listdir(kept)) == ["metrics.jsonl", "results.json"]
+    assert not (archive / "cvrl").exists()
+
+    # A later run of the same name does not overwrite the archived record.
+    _finished_run(out, "mummi", 0, env_steps=999)
+    assert R.archive_runs(str(out), str(archive)) == []
+    assert json.loads((kept / "results.json").read_text())["env_steps"] == 100
+
+    # A fresh machine: the run directory is gone, the committed archive is not.
+    import shutil
+
+    shutil.rmtree(out)
+    assert R.status(str(out), "mummi", "walker_walk", 0, str(archive)) == ("done", 100)
+    block = R.report("cpu", str(out), str(results))
+    assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in block
+    assert "| walker_walk | mummi | none | 1 |" in block
+    assert "docs/results/runs_cpu" in block
