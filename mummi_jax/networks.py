@@ -26,43 +26,87 @@ def _flatten_lead(x, keep):
     return x.reshape((-1,) + x.shape[x.ndim - keep :]), lead
 
 
-def _space_to_depth(x):
-    """(N, H, W, C) -> (N, H//2, W//2, 4C), channels ordered (row parity, col parity, c).
+def _space_to_depth_cm(x):
+    """Channel-major 2x2 space-to-depth: (C, N, H, W) -> (4C, N, H//2, W//2), channels ordered
+    (row parity, col parity, c).
 
     An odd trailing row/column is dropped: a VALID stride-2 conv with an even kernel never
     reads it."""
-    n, h, w, c = x.shape
+    c, n, h, w = x.shape
     h2, w2 = h // 2, w // 2
-    x = x[:, : 2 * h2, : 2 * w2]
-    x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, h2, w2, 4 * c)
+    x = x[:, :, : 2 * h2, : 2 * w2].reshape(c, n, h2, 2, w2, 2)
+    return x.transpose(3, 5, 0, 1, 2, 4).reshape(4 * c, n, h2, w2)
 
 
-def conv_stride2_matmul(x, kernel):
-    """A VALID stride-2 convolution with an even k x k kernel, as one matmul.
+@jax.custom_vjp
+def _matmul_lhs_last(a, b):
+    """(M, K) @ (K, L) -> (M, L), with a VJP in which every product contracts its left
+    operand's last axis.
 
-    x: (N, H, W, C); kernel: (k, k, C, O) HWIO -> (N, (H-k)//2+1, (W-k)//2+1, O).
+    Why: XLA:CPU hands a dot to YNNPACK only when the contraction is the left operand's last
+    axis; the usual weight gradient `patches^T @ dY` contracts the first, runs on Eigen and
+    was the slowest part of the update (a 490k-row contraction 2.4x slower than the forward
+    product, BENCHMARKS.md "Channel-major encoders"). Here the weight gradient is
+    `dY (M, L) . b (K, L)` over L, and `a^T` for the input gradient is a small explicit copy
+    behind an optimisation barrier, so that XLA cannot fold the transpose back into the dot.
+    """
+    return jnp.dot(a, b)
 
-    Equal to `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` (to float rounding):
-    after a 2x2 space-to-depth, the stride-2 k x k conv is a stride-1 (k/2 x k/2) conv, whose
-    (k/2)^2 shifted slices are concatenated on channels and multiplied by the regrouped kernel.
-    Why: XLA:CPU's own convolution runs these layers at 30-40 GFLOP/s on a 2-core box, the
-    matmul at several times that (BENCHMARKS.md, "One update"); the patch tensor is only about
-    (k/2)^2 x the s2d input, not the k^2 of a plain im2col.
+
+def _matmul_lhs_last_fwd(a, b):
+    return jnp.dot(a, b), (a, b)
+
+
+def _matmul_lhs_last_bwd(res, g):
+    a, b = res
+    da = jax.lax.dot_general(g, b, (((1,), (1,)), ((), ())))  # (M, L) . (K, L) -> (M, K)
+    db = jnp.dot(jax.lax.optimization_barrier(a.T), g)  # (K, M) @ (M, L)
+    return da, db
+
+
+_matmul_lhs_last.defvjp(_matmul_lhs_last_fwd, _matmul_lhs_last_bwd)
+
+
+def conv_stride2_matmul_cm(x, kernel):
+    """A VALID stride-2 convolution with an even k x k kernel, as one matmul, channel-major.
+
+    x: (C, N, H, W); kernel: (k, k, C, O) HWIO -> (O, N, (H-k)//2+1, (W-k)//2+1).
+
+    Equal to `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` in NHWC (to float
+    rounding, up to the layout): after a 2x2 space-to-depth, the stride-2 k x k conv is a
+    stride-1 (k/2 x k/2) conv, whose (k/2)^2 shifted slices are stacked on the channel axis and
+    multiplied by the regrouped kernel.
+    Why this form: XLA:CPU's own convolution runs these layers at 30-40 GFLOP/s on a 2-core
+    box, a matmul at several times that (BENCHMARKS.md, "One update"); the patch tensor is only
+    about (k/2)^2 x the s2d input, not the k^2 of a plain im2col. Why channel-major: the
+    patches are then (K, N*H'*W') with the long axis last, so the forward product, the input
+    gradient and the weight gradient all contract a left operand's last axis
+    (`_matmul_lhs_last`), the form XLA:CPU runs on YNNPACK; in NHWC the weight gradient
+    contracts the 490k-row axis first and runs on Eigen.
     """
     k = kernel.shape[0]
     if kernel.shape[1] != k or k % 2:
         raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
-    y = _space_to_depth(x)
+    y = _space_to_depth_cm(x)
     a = k // 2
-    oh, ow = y.shape[1] - a + 1, y.shape[2] - a + 1
+    oh, ow = y.shape[2] - a + 1, y.shape[3] - a + 1
     c, o = kernel.shape[2], kernel.shape[3]
     # kernel[2i + di, 2j + dj, c] multiplies s2d slice (i, j), channel (di, dj, c).
     w = kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(a * a * 4 * c, o)
     patches = jnp.concatenate(
-        [y[:, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=-1
+        [y[:, :, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=0
     )
-    return jnp.einsum("nhwk,ko->nhwo", patches, w)
+    n = x.shape[1]
+    # The barrier keeps the (small) kernel transpose a copy: folded into the dot, it would
+    # make the product contract the kernel's first axis (Eigen, not YNNPACK).
+    w_t = jax.lax.optimization_barrier(w.T)
+    return _matmul_lhs_last(w_t, patches.reshape(a * a * 4 * c, -1)).reshape(o, n, oh, ow)
+
+
+def conv_stride2_matmul(x, kernel):
+    """`conv_stride2_matmul_cm` in NHWC: (N, H, W, C) -> (N, H', W', O). A stack of layers
+    should stay channel-major between layers (`ConvEncoder` does) rather than call this."""
+    return conv_stride2_matmul_cm(x.transpose(3, 0, 1, 2), kernel).transpose(1, 2, 3, 0)
 
 
 def _transpose_pad_before(k: int, padding: str) -> int:
@@ -159,20 +203,27 @@ class StridedConv(nn.Module):
     dtype: Any = None
     transpose: bool = False
     padding: str = "VALID"
+    # (C, N, H, W) in and out instead of NHWC: the matmul forward conv only (ConvEncoder's).
+    channel_major: bool = False
 
     @nn.compact
-    def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features)
+    def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features); see channel_major
         if not self.transpose and self.padding != "VALID":
             raise ValueError(f"StridedConv: a forward conv is VALID only, got {self.padding!r}")
+        if self.channel_major and (self.transpose or self.impl != "matmul"):
+            raise ValueError("StridedConv: channel_major is the matmul forward conv's layout only")
         if self.impl not in CONV_FORMS:
             raise ValueError(
                 f"StridedConv: conv impl {self.impl!r} is not one of {', '.join(CONV_FORMS)}; "
                 "resolve model.conv_impl (auto, xla, matmul) with config.resolve_conv_impl first"
             )
         k = self.kernel_size
-        kernel = self.param("kernel", glorot, (k, k, x.shape[-1], self.features))
+        c = x.shape[0] if self.channel_major else x.shape[-1]
+        kernel = self.param("kernel", glorot, (k, k, c, self.features))
         bias = self.param("bias", zeros, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        if self.channel_major:
+            return conv_stride2_matmul_cm(x, kernel) + bias[:, None, None, None]
         dims = ("NHWC", "HWIO", "NHWC")
         matmul = self.impl == "matmul"
         if self.transpose and matmul:
@@ -199,10 +250,19 @@ class ConvEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
         x, lead = _flatten_lead(x, 3)
+        # The matmul form runs the whole stack channel-major (`conv_stride2_matmul_cm`): one
+        # layout change in and one out, none between layers.
+        cm = self.conv_impl == "matmul"
+        if cm:
+            x = x.transpose(3, 0, 1, 2)
         for i in range(self.layers):
             # Named as nn.Conv would be: parameter trees are those of earlier checkpoints.
-            conv = StridedConv(self.depth * 2**i, 4, self.conv_impl, self.dtype, name=f"Conv_{i}")
+            conv = StridedConv(
+                self.depth * 2**i, 4, self.conv_impl, self.dtype, channel_major=cm, name=f"Conv_{i}"
+            )
             x = nn.relu(conv(x))
+        if cm:
+            x = x.transpose(1, 2, 3, 0)
         return x.reshape(lead + (-1,)).astype(jnp.float32)
 
 

@@ -218,3 +218,46 @@ def test_decoder_params_and_outputs_do_not_depend_on_the_conv_impl(size):
         a, b = (jax.jit(decs[i].apply)(params, feat) for i in ("xla", "matmul"))
     assert a.shape == (2, 3, size, size, 3)
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seeds", [None, 3])
+def test_matmul_encoder_gradient_contracts_no_lhs_first_axis(seeds):
+    """XLA:CPU runs a dot on YNNPACK only when it contracts the left operand's last axis; the
+    NHWC weight gradient `patches^T dY` contracted the first and ran on Eigen, 2.4x slower
+    (BENCHMARKS.md "Channel-major encoders"). The compiled gradient of the matmul encoder,
+    alone and vmapped over seeds, must have no such dot."""
+    import re
+
+    enc = networks.ConvEncoder(4, 3, conv_impl="matmul")
+    x = jnp.ones((6, 32, 32, 3))
+    loss = lambda p, x: jnp.sum(jnp.sin(enc.apply(p, x)))
+    if seeds is None:
+        params = enc.init(jax.random.key(0), x)
+        fn = jax.grad(loss)
+    else:
+        params = jax.vmap(enc.init, (0, None))(jax.random.split(jax.random.key(0), seeds), x)
+        fn = jax.vmap(jax.grad(loss), (0, None))
+    hlo = jax.jit(fn).lower(params, x).compile().as_text()
+    dots = [line for line in hlo.splitlines() if re.search(r"\sdot\(", line)]
+    assert len(dots) >= 3 * 3 - 1  # forward, input and weight gradients of 3 layers
+    first = [d.strip()[:160] for d in dots if re.search(r"lhs_contracting_dims=\{0\}", d)]
+    assert not first, first
+
+
+def test_dot_table_counts_loop_trips_and_names_the_backend():
+    """`experiments.benchmark --what=dots` reads FLOPs and the CPU backend of every dot from
+    compiled HLO: a (64, 32) x (32, 32) product inside a 5-step scan is 5 x 131,072 FLOPs,
+    and the weight-gradient form `x^T y` (contracting x's first axis) is left to Eigen."""
+    from experiments.bench.dots import dot_table
+
+    x, w = jnp.ones((64, 32)), jnp.ones((32, 32))
+
+    def looped(x, w):  # the carry makes each step's product depend on the last
+        return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=5)[0]
+
+    rows = dot_table(jax.jit(looped).lower(x, w).compile().as_text())
+    assert len(rows) == 1 and rows[0]["gflop"] == pytest.approx(5 * 2 * 64 * 32 * 32 / 1e9)
+    (grad,) = dot_table(
+        jax.jit(lambda x, y: x.T @ y).lower(x, jnp.ones((64, 8))).compile().as_text()
+    )
+    assert grad["lhs_contracting"] == [0] and grad["backend"] == "eigen"
