@@ -220,26 +220,20 @@ def test_decoder_params_and_outputs_do_not_depend_on_the_conv_impl(size):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("seeds", [None, 3])
-def test_matmul_encoder_gradient_contracts_no_lhs_first_axis(seeds):
+def test_matmul_encoder_gradient_contracts_no_lhs_first_axis():
     """XLA:CPU runs a dot on YNNPACK only when it contracts the left operand's last axis; the
     NHWC weight gradient `patches^T dY` contracted the first and ran on Eigen, 2.4x slower
-    (BENCHMARKS.md "Channel-major encoders"). The compiled gradient of the matmul encoder,
-    alone and vmapped over seeds, must have no such dot."""
+    (BENCHMARKS.md "Channel-major encoders"). The compiled gradient of the matmul encoder
+    must have no such dot."""
     import re
 
-    enc = networks.ConvEncoder(4, 3, conv_impl="matmul")
-    x = jnp.ones((6, 32, 32, 3))
+    enc = networks.ConvEncoder(4, 2, conv_impl="matmul")
+    x = jnp.ones((6, 16, 16, 3))
+    params = enc.init(jax.random.key(0), x)
     loss = lambda p, x: jnp.sum(jnp.sin(enc.apply(p, x)))
-    if seeds is None:
-        params = enc.init(jax.random.key(0), x)
-        fn = jax.grad(loss)
-    else:
-        params = jax.vmap(enc.init, (0, None))(jax.random.split(jax.random.key(0), seeds), x)
-        fn = jax.vmap(jax.grad(loss), (0, None))
-    hlo = jax.jit(fn).lower(params, x).compile().as_text()
+    hlo = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
     dots = [line for line in hlo.splitlines() if re.search(r"\sdot\(", line)]
-    assert len(dots) >= 3 * 3 - 1  # forward, input and weight gradients of 3 layers
+    assert len(dots) >= 2 * 3 - 1  # forward, input and weight gradients of 2 layers
     first = [d.strip()[:160] for d in dots if re.search(r"lhs_contracting_dims=\{0\}", d)]
     assert not first, first
 
