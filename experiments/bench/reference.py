@@ -10,6 +10,12 @@ actor + value), then times one update of each in turn, `--repeats` rounds, so th
 machine's drift falls on all three alike. Prints a float32 GEMM's rate measured in the same
 process first, each side's median and range, and the ratios; the CPU target is
 `ratio_vs_no_decoders` <= 1.0 (ours by default, no preloaded allocator, no flags).
+
+TensorFlow's oneDNN kernels are its fast CPU path, but TF 2.15 turns them on by default only
+on CPUs with AVX-512-class features: on an AVX2 box the released code would run on Eigen's
+convolutions, 1.6x slower (BENCHMARKS.md "Channel-major encoders"). The reference processes
+therefore get `TF_ENABLE_ONEDNN_OPTS=1` unless the caller's environment sets it; the record
+says which (`reference_onednn`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench import train_step as ts
+
+# The released code's best CPU path on any x86 box (module docstring).
+ONEDNN_DEFAULT = "1"
 
 
 def gemm_gflops(n=2048, repeats=5) -> float:
@@ -47,6 +56,7 @@ class ReferenceProcess:
         if not decoders:
             cmd.append("--no_decoders")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
@@ -141,6 +151,7 @@ def run(flags):
             "reference_commit": reference_version(flags.reference),
             "allocator": ts.allocator(),
             "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),
+            "reference_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT),
             "ours_compile_seconds": compile_s,
             "ours_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
