@@ -87,7 +87,7 @@ PoeForm = Literal["reference", "gaussian"]
 Learner = Literal["imagination", "sac", "none"]
 Planner = Literal["none", "latent_mpc"]
 MissingProcess = Literal["reference", "paper", "none"]
-ConvImpl = Literal["auto", "xla", "matmul"]
+ConvImpl = Literal["auto", "xla", "matmul", "matmul_cm"]
 EvalMode = Literal["sample", "mode", "mean"]
 AdamForm = Literal["keras", "optax"]
 AfterPrefill = Literal["pretrain", "catch_up"]
@@ -485,7 +485,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "matmul_cm")
 
 
 def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:

@@ -103,10 +103,43 @@ def conv_stride2_matmul_cm(x, kernel):
     return _matmul_lhs_last(w_t, patches.reshape(a * a * 4 * c, -1)).reshape(o, n, oh, ow)
 
 
+def _space_to_depth(x):
+    """(N, H, W, C) -> (N, H//2, W//2, 4C), channels ordered (row parity, col parity, c).
+
+    An odd trailing row/column is dropped: a VALID stride-2 conv with an even kernel never
+    reads it."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2]
+    x = x.reshape(n, h2, 2, w2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h2, w2, 4 * c)
+
+
 def conv_stride2_matmul(x, kernel):
-    """`conv_stride2_matmul_cm` in NHWC: (N, H, W, C) -> (N, H', W', O). A stack of layers
-    should stay channel-major between layers (`ConvEncoder` does) rather than call this."""
-    return conv_stride2_matmul_cm(x.transpose(3, 0, 1, 2), kernel).transpose(1, 2, 3, 0)
+    """A VALID stride-2 convolution with an even k x k kernel, as one matmul.
+
+    x: (N, H, W, C); kernel: (k, k, C, O) HWIO -> (N, (H-k)//2+1, (W-k)//2+1, O).
+
+    Equal to `lax.conv_general_dilated(x, kernel, (2, 2), "VALID")` (to float rounding):
+    after a 2x2 space-to-depth, the stride-2 k x k conv is a stride-1 (k/2 x k/2) conv, whose
+    (k/2)^2 shifted slices are concatenated on channels and multiplied by the regrouped kernel.
+    Why: XLA:CPU's own convolution runs these layers at 30-40 GFLOP/s on a 2-core box, the
+    matmul at several times that (BENCHMARKS.md, "One update"); the patch tensor is only about
+    (k/2)^2 x the s2d input, not the k^2 of a plain im2col.
+    """
+    k = kernel.shape[0]
+    if kernel.shape[1] != k or k % 2:
+        raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
+    y = _space_to_depth(x)
+    a = k // 2
+    oh, ow = y.shape[1] - a + 1, y.shape[2] - a + 1
+    c, o = kernel.shape[2], kernel.shape[3]
+    # kernel[2i + di, 2j + dj, c] multiplies s2d slice (i, j), channel (di, dj, c).
+    w = kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(a * a * 4 * c, o)
+    patches = jnp.concatenate(
+        [y[:, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=-1
+    )
+    return jnp.einsum("nhwk,ko->nhwo", patches, w)
 
 
 def _transpose_pad_before(k: int, padding: str) -> int:
@@ -186,8 +219,9 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
     return y[:, off : off + oh, off : off + ow]
 
 
-# The two forms of a stride-2 conv. `model.conv_impl` (auto | xla | matmul) is resolved to one
-# of them by `config.resolve_conv_impl`, where the agent is built; networks take it resolved.
+# The two forms of a stride-2 conv. `model.conv_impl` (auto | xla | matmul | matmul_cm) is
+# resolved by `config.resolve_conv_impl`, where the agent is built; networks take it resolved
+# (`matmul_cm` is the matmul form with channel-major encoders, `ConvEncoder`).
 CONV_FORMS = ("xla", "matmul")
 
 
@@ -245,20 +279,23 @@ class ConvEncoder(nn.Module):
     # Compute dtype (params stay float32): bfloat16 is `model.precision`, the counterpart of
     # the reference's mixed float16. Outputs are cast back so losses stay float32.
     dtype: Any = None
-    conv_impl: str = "xla"  # "xla" | "matmul" (resolved); same parameters and outputs either way
+    # "xla" | "matmul" | "matmul_cm" (resolved); same parameters and outputs in every case
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
         x, lead = _flatten_lead(x, 3)
-        # The matmul form runs the whole stack channel-major (`conv_stride2_matmul_cm`): one
-        # layout change in and one out, none between layers.
-        cm = self.conv_impl == "matmul"
+        # `matmul_cm` runs the whole stack channel-major (`conv_stride2_matmul_cm`): one
+        # layout change in and one out, none between layers. Opt-in until the learning checks
+        # have been repeated with it (BENCHMARKS.md "Channel-major encoders").
+        cm = self.conv_impl == "matmul_cm"
         if cm:
             x = x.transpose(3, 0, 1, 2)
         for i in range(self.layers):
             # Named as nn.Conv would be: parameter trees are those of earlier checkpoints.
+            impl = "matmul" if cm else self.conv_impl
             conv = StridedConv(
-                self.depth * 2**i, 4, self.conv_impl, self.dtype, channel_major=cm, name=f"Conv_{i}"
+                self.depth * 2**i, 4, impl, self.dtype, channel_major=cm, name=f"Conv_{i}"
             )
             x = nn.relu(conv(x))
         if cm:
@@ -491,11 +528,11 @@ class ImageDecoder(nn.Module):
             x = x.reshape((-1, s, s, 4 * self.depth))
             layers = [(2 * self.depth, 4), (self.depth, 4), (self.channels, 4)]
             padding = "SAME"
+        # `matmul_cm` is the encoders' layout only; the decoders take the NHWC matmul form.
+        impl = "matmul" if self.conv_impl == "matmul_cm" else self.conv_impl
         for i, (c, k) in enumerate(layers):
             # Named as nn.ConvTranspose would be: parameter trees are those of old checkpoints.
-            conv = StridedConv(
-                c, k, self.conv_impl, self.dtype, True, padding, name=f"ConvTranspose_{i}"
-            )
+            conv = StridedConv(c, k, impl, self.dtype, True, padding, name=f"ConvTranspose_{i}")
             x = conv(x)
             x = nn.relu(x) if i < len(layers) - 1 else x
         return x.reshape(lead + x.shape[1:]).astype(jnp.float32)

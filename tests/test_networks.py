@@ -33,6 +33,15 @@ def test_matmul_conv_equals_xla_conv_and_its_gradients(size, k, c, o):
         mw, mx = jax.grad(loss(lambda x, w: networks.conv_stride2_matmul(x, w)), (0, 1))(w, x)
     np.testing.assert_allclose(mw, gw, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(mx, gx, rtol=1e-4, atol=1e-4)
+    # The channel-major form (`matmul_cm` encoders) and its custom VJP, through NHWC wrappers.
+    cm = lambda x, w: networks.conv_stride2_matmul_cm(x.transpose(3, 0, 1, 2), w).transpose(
+        1, 2, 3, 0
+    )
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(cm(x, w), want, rtol=1e-5, atol=1e-4)
+        cw, cx = jax.grad(loss(cm), (0, 1))(w, x)
+    np.testing.assert_allclose(cw, gw, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(cx, gx, rtol=1e-4, atol=1e-4)
 
 
 def test_odd_or_non_square_kernels_are_refused():
@@ -51,17 +60,20 @@ def test_unsupported_paddings_are_refused():
 
 def test_encoder_params_and_outputs_do_not_depend_on_the_conv_impl():
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 5, 64, 64, 3)), jnp.float32)
-    encs = {impl: networks.ConvEncoder(8, 4, conv_impl=impl) for impl in ("xla", "matmul")}
+    impls = ("xla", "matmul", "matmul_cm")
+    encs = {impl: networks.ConvEncoder(8, 4, conv_impl=impl) for impl in impls}
     params = {impl: e.init(jax.random.key(0), x) for impl, e in encs.items()}
     # Same tree, same names as flax's nn.Conv (Conv_i/kernel, Conv_i/bias), same init.
-    assert jax.tree.structure(params["xla"]) == jax.tree.structure(params["matmul"])
     assert set(params["xla"]["params"]) == {f"Conv_{i}" for i in range(4)}
-    jax.tree.map(np.testing.assert_array_equal, params["xla"], params["matmul"])
+    for impl in impls[1:]:
+        assert jax.tree.structure(params["xla"]) == jax.tree.structure(params[impl])
+        jax.tree.map(np.testing.assert_array_equal, params["xla"], params[impl])
     with jax.default_matmul_precision("highest"):
         a = jax.jit(encs["xla"].apply)(params["xla"], x)
-        b = jax.jit(encs["matmul"].apply)(params["xla"], x)
-    assert a.shape == b.shape == (2, 5, 4 * 4 * 8 * 2**3 // 4)
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+        for impl in impls[1:]:
+            b = jax.jit(encs[impl].apply)(params["xla"], x)
+            assert a.shape == b.shape == (2, 5, 4 * 4 * 8 * 2**3 // 4)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_matmul_conv_computes_in_bf16_and_returns_f32():
@@ -222,12 +234,12 @@ def test_decoder_params_and_outputs_do_not_depend_on_the_conv_impl(size):
 
 def test_matmul_encoder_gradient_contracts_no_lhs_first_axis():
     """XLA:CPU runs a dot on YNNPACK only when it contracts the left operand's last axis; the
-    NHWC weight gradient `patches^T dY` contracted the first and ran on Eigen, 2.4x slower
-    (BENCHMARKS.md "Channel-major encoders"). The compiled gradient of the matmul encoder
-    must have no such dot."""
+    NHWC weight gradient `patches^T dY` contracts the first and runs on Eigen, 2.4x slower
+    (BENCHMARKS.md "Channel-major encoders"). The compiled gradient of the channel-major
+    encoder (`matmul_cm`) must have no such dot; the NHWC one (`matmul`) has some."""
     import re
 
-    enc = networks.ConvEncoder(4, 2, conv_impl="matmul")
+    enc = networks.ConvEncoder(4, 2, conv_impl="matmul_cm")
     x = jnp.ones((6, 16, 16, 3))
     params = enc.init(jax.random.key(0), x)
     loss = lambda p, x: jnp.sum(jnp.sin(enc.apply(p, x)))
@@ -236,6 +248,9 @@ def test_matmul_encoder_gradient_contracts_no_lhs_first_axis():
     assert len(dots) >= 2 * 3 - 1  # forward, input and weight gradients of 2 layers
     first = [d.strip()[:160] for d in dots if re.search(r"lhs_contracting_dims=\{0\}", d)]
     assert not first, first
+    nhwc = networks.ConvEncoder(4, 2, conv_impl="matmul")
+    hlo = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(nhwc.apply(p, x))))).lower(params, x)
+    assert re.search(r"\sdot\(.*lhs_contracting_dims=\{0\}", hlo.compile().as_text())
 
 
 def test_dot_table_counts_loop_trips_and_names_the_backend():
