@@ -26,6 +26,17 @@ def _flatten_lead(x, keep):
     return x.reshape((-1,) + x.shape[x.ndim - keep :]), lead
 
 
+def _regrouped_kernel(kernel):
+    """An even k x k HWIO kernel -> (a = k/2, its (a*a*4C, O) matrix): row (i, j, di, dj, c)
+    holds kernel[2i + di, 2j + dj, c], the weight of space-to-depth slice (i, j), channel
+    (di, dj, c). Both matmul conv forms (NHWC and channel-major) use it."""
+    k = kernel.shape[0]
+    if kernel.shape[1] != k or k % 2:
+        raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
+    a, c, o = k // 2, kernel.shape[2], kernel.shape[3]
+    return a, kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(-1, o)
+
+
 def _space_to_depth_cm(x):
     """Channel-major 2x2 space-to-depth: (C, N, H, W) -> (4C, N, H//2, W//2), channels ordered
     (row parity, col parity, c).
@@ -84,15 +95,9 @@ def conv_stride2_matmul_cm(x, kernel):
     (`_matmul_lhs_last`), the form XLA:CPU runs on YNNPACK; in NHWC the weight gradient
     contracts the 490k-row axis first and runs on Eigen.
     """
-    k = kernel.shape[0]
-    if kernel.shape[1] != k or k % 2:
-        raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
+    a, w = _regrouped_kernel(kernel)
     y = _space_to_depth_cm(x)
-    a = k // 2
     oh, ow = y.shape[2] - a + 1, y.shape[3] - a + 1
-    c, o = kernel.shape[2], kernel.shape[3]
-    # kernel[2i + di, 2j + dj, c] multiplies s2d slice (i, j), channel (di, dj, c).
-    w = kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(a * a * 4 * c, o)
     patches = jnp.concatenate(
         [y[:, :, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=0
     )
@@ -100,7 +105,8 @@ def conv_stride2_matmul_cm(x, kernel):
     # The barrier keeps the (small) kernel transpose a copy: folded into the dot, it would
     # make the product contract the kernel's first axis (Eigen, not YNNPACK).
     w_t = jax.lax.optimization_barrier(w.T)
-    return _matmul_lhs_last(w_t, patches.reshape(a * a * 4 * c, -1)).reshape(o, n, oh, ow)
+    o = w.shape[1]
+    return _matmul_lhs_last(w_t, patches.reshape(w.shape[0], -1)).reshape(o, n, oh, ow)
 
 
 def _space_to_depth(x):
@@ -127,15 +133,9 @@ def conv_stride2_matmul(x, kernel):
     matmul at several times that (BENCHMARKS.md, "One update"); the patch tensor is only about
     (k/2)^2 x the s2d input, not the k^2 of a plain im2col.
     """
-    k = kernel.shape[0]
-    if kernel.shape[1] != k or k % 2:
-        raise ValueError(f"conv_stride2_matmul needs an even square kernel, got {kernel.shape}")
+    a, w = _regrouped_kernel(kernel)
     y = _space_to_depth(x)
-    a = k // 2
     oh, ow = y.shape[1] - a + 1, y.shape[2] - a + 1
-    c, o = kernel.shape[2], kernel.shape[3]
-    # kernel[2i + di, 2j + dj, c] multiplies s2d slice (i, j), channel (di, dj, c).
-    w = kernel.reshape(a, 2, a, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(a * a * 4 * c, o)
     patches = jnp.concatenate(
         [y[:, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=-1
     )
