@@ -489,12 +489,18 @@ CONV_IMPLS = ("auto", "xla", "matmul", "matmul_cm")
 
 
 def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
-    """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`) or ``"matmul"``
-    (`networks.conv_stride2_matmul`, `networks.conv_transpose_stride2_matmul`), for encoders
-    and decoders alike; `networks` takes only the resolved form.
+    """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`), ``"matmul"``
+    (`networks.conv_stride2_matmul`, `networks.conv_transpose_stride2_matmul`) or
+    ``"matmul_cm"`` (the matmul form with channel-major encoders,
+    `networks.conv_stride2_matmul_cm`; decoders as ``"matmul"``); `networks` takes only the
+    resolved form.
 
-    ``auto`` picks the matmul form on a CPU, where XLA:CPU's convolution inside the scanned
-    update is 25x slower, and wherever one device runs several seeds of a sweep
+    ``auto`` picks the channel-major matmul form on a CPU, where XLA:CPU's convolution inside
+    the scanned update is 25x slower and where, of the matmul forms, only the channel-major
+    one puts the encoders' weight gradients on YNNPACK (BENCHMARKS.md, "Channel-major
+    encoders": 21 % faster updates at `small`, 11-13 % at the paper's size, the same at
+    `tiny`; the toy learning check passes on seeds 0-2 either way). It picks the NHWC matmul
+    form wherever one device (not a CPU) runs several seeds of a sweep
     (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
     XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
     the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
@@ -509,7 +515,9 @@ def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None 
         import jax  # only here: the config module otherwise imports no JAX
 
         backend = jax.default_backend()
-    return "matmul" if backend == "cpu" or seeds_per_device > 1 else "xla"
+    if backend == "cpu":
+        return "matmul_cm"
+    return "matmul" if seeds_per_device > 1 else "xla"
 
 
 def check_choice(key, value, choices):

@@ -34,3 +34,11 @@ jax.config.update(
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` (minutes each: the learning check, end-to-end runs in subprocesses)
+    run first, each group in its collected order: pytest-xdist hands tests out in this order,
+    so the long ones are spread over the workers at the start instead of one of them
+    finishing alone at the end of the session."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -293,6 +293,7 @@ def test_partial_proprio_is_coral_s_slice_of_the_full_state(task, full_index):
 
 # ----------------------------------------------------------------------------- end to end
 # coral_v and coral_p also run end to end on the toy robot in tests/test_loop.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["coral_p"])
 def test_coral_trains_end_to_end_on_dmc_with_image_and_z_scored_partial_proprio(variant, tmp_path):
     from mummi_jax.episodes import env_kwargs_from_config

@@ -107,6 +107,7 @@ def _numbers(lines):
     ]
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_rerun_resumes_exactly(tmp_path):
     steps = 800
     straight, killed = tmp_path / "straight", tmp_path / "killed"

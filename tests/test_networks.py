@@ -97,7 +97,8 @@ def test_unknown_conv_impl_names_the_choices():
 @pytest.mark.parametrize(
     "impl,backend,per_device,want",
     [
-        ("auto", "cpu", 1, "matmul"),
+        ("auto", "cpu", 1, "matmul_cm"),
+        ("auto", "cpu", 4, "matmul_cm"),
         ("auto", "gpu", 1, "xla"),
         ("auto", "gpu", 2, "matmul"),
         ("auto", "tpu", 8, "matmul"),

@@ -48,7 +48,11 @@ def numbers(logdir):
     ]
 
 
-def assert_same_metrics(got, want, rel=1e-4):
+def assert_same_metrics(got, want, rel=2e-2):
+    """The same run from two compiled programs (one seed, or S seeds vmapped). They round
+    differently, and training amplifies it: on this toy task seed 1's sweep and single run
+    differ by up to 3e-4 after the first train phase and 7e-3 after the second (grad_norm/wm,
+    wm/kl); rows of one sweep program are compared bit for bit instead (below)."""
     assert [r["step"] for r in got] == [r["step"] for r in want]
     for x, y in zip(got, want, strict=True):
         assert x.keys() == y.keys(), x["step"]
@@ -111,6 +115,10 @@ def test_seed_s_of_a_sweep_logs_what_its_single_run_logs_and_resumes_per_seed(
         assert os.listdir(d / "videos") == ["eval-000000300.gif"]  # as a single run films
         assert_same_metrics(numbers(d), refs[s])
     assert numbers(tmp_path / "seed1") != numbers(tmp_path / "seed2")
+    # A row depends on its own seed only, not on its place or its neighbours: bit for bit.
+    sweep(tmp_path / "swapped", [2, 1], agent)
+    for s in (1, 2):
+        assert numbers(tmp_path / "swapped" / f"seed{s}") == numbers(tmp_path / f"seed{s}")
     # Seed 2 loses its newest checkpoint (as if killed mid-save) and seed 0 joins: one program
     # then holds a fresh seed in its prefill, seed 2 from step 200 and seed 1 done (masked).
     newest = sorted(glob.glob(str(tmp_path / "seed2" / "checkpoints" / "*.msgpack")))[-1]

@@ -219,3 +219,21 @@ class ConformanceFrontBack(_Conformance, absltest.TestCase):
 
 class ConformanceXY(_Conformance, absltest.TestCase):
     task = "toy_xy"
+
+
+def test_no_constant_action_beats_random_actions():
+    # The reaching task must need feedback: with the goal off-centre, a constant action towards
+    # it beat random actions, and agents settled there, pinned to a wall (toy2d's docstring).
+    def mean_return(policy, episodes=40):
+        env = toy2d.make("toy_xy", seed=3, time_limit=200, action_repeat=2)
+        rng, total = np.random.default_rng(0), 0.0
+        for _ in range(episodes):
+            ts = env.reset()
+            while not ts.last():
+                ts = env.step(policy(rng))
+                total += ts.reward
+        return total / episodes
+
+    rand = mean_return(lambda rng: rng.uniform(-1, 1, 2))
+    for a in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (0, -1), (0.3, 0.3)):
+        assert mean_return(lambda rng, a=a: np.array(a, np.float32)) < rand, a

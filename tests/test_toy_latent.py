@@ -99,6 +99,7 @@ def test_both_methods_get_the_drops_and_image_size_they_are_given():
     assert clean.loss.modality_drop == 0.0 and clean.env.image_size == 32
 
 
+@pytest.mark.slow
 def test_end_to_end_smoke(tmp_path):
     out = tmp_path / "run"
     summary = tl.run(

@@ -329,6 +329,7 @@ WIPE_SMALL = [
 ]
 
 
+@pytest.mark.slow
 @needs_robosuite
 def test_tiny_mummi_trains_and_evaluates_table2_on_wipe(tmp_path):
     """experiments.train then experiments.evaluate on `wipe`, each in its own process (GL)."""
