@@ -2,7 +2,7 @@
 
 The same check as `python -m experiments.learning_check` (BENCHMARKS.md, "Learning check"),
 run in full: 20k env steps, 5,000 updates, then 10 test episodes each for the trained agent
-and for uniform random actions on the same episode seeds. About 2 minutes on 2 cores.
+and for uniform random actions on the same episode seeds. 2-4 minutes on 2 cores.
 """
 
 import numpy as np
