@@ -17,6 +17,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -108,13 +109,17 @@ def test_a_four_seed_sweep_on_four_busy_fake_devices_completes_and_matches_its_s
                 stderr=err,
                 text=True,
             )
+            # readline has no timeout: a hung sweep is killed instead, and reads as "".
+            watchdog = threading.Timer(900, proc.kill)
+            watchdog.start()
             trained = proc.stdout.readline()  # "" if it died while training
             busy = time.time() - start
         finally:
             for p in spinners:
                 p.kill()
                 p.wait()
-        stdout, _ = proc.communicate(timeout=900)
+        stdout, _ = proc.communicate()
+        watchdog.cancel()
         wall = time.time() - start
         err.seek(0)
         stderr = err.read()
