@@ -179,6 +179,11 @@ def _probe(out_path: str) -> None:
 # ---------------------------------------------------------------------------- parent process
 
 
+# The probe costs 25 s of robosuite start-up; one xdist worker runs every test that reads it
+# (`--dist loadgroup`, pyproject.toml), instead of each worker making its own.
+ON_THE_PROBE_S_WORKER = pytest.mark.xdist_group("wipe_probe")
+
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     path = tmp_path_factory.mktemp("wipe") / "probe.npz"
@@ -197,6 +202,7 @@ def probe(tmp_path_factory):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_spec_over_an_episode(probe):
     info, out = probe
     assert info["errors"] == []
@@ -224,6 +230,7 @@ def test_spec_over_an_episode(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_cameras_differ_and_are_right_side_up(probe):
     _, out = probe
     ws, eye = out["a_workspace"], out["a_eye_in_hand"]
@@ -238,6 +245,7 @@ def test_cameras_differ_and_are_right_side_up(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_same_seed_same_observations(probe):
     _, out = probe
     n = len(out["b_workspace"])
@@ -248,6 +256,7 @@ def test_same_seed_same_observations(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_domain_randomisation_per_episode_and_seeded(probe):
     _, out = probe
     for m in CAMS:
@@ -259,6 +268,7 @@ def test_domain_randomisation_per_episode_and_seeded(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_missing_data_per_camera_and_drop(probe):
     info, out = probe
     if not info["has_missing"]:
@@ -279,6 +289,7 @@ def test_missing_data_per_camera_and_drop(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_patched_mujoco_matches_unpatched_trajectory(probe):
     info, _ = probe
     ret, proprio_sum, steps = info["compat"]
@@ -288,6 +299,7 @@ def test_patched_mujoco_matches_unpatched_trajectory(probe):
 
 
 @needs_robosuite
+@ON_THE_PROBE_S_WORKER
 def test_dm_env_conformance_suite(probe):
     info, _ = probe
     assert info["conformance"]["run"] == 4, info["conformance"]
