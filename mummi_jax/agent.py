@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mummi_jax import behavior, inputs, losses, mpc, objectives, optim, sac
+from mummi_jax import behavior, inputs, losses, mpc, objectives, optim, prng, sac
 from mummi_jax import distributions as dist
 from mummi_jax import world_model as mssm
 from mummi_jax.config import Config, validate
@@ -174,13 +174,20 @@ class Agent:
         self.optimizers = self._make_optimizers()
         self.train_fn = self._make_train_fn()
         self.act_fn = self._make_act_fn()
-        self._train_jit = jax.jit(self.train_fn, donate_argnums=0)
-        self._act_jit = jax.jit(self.act_fn, static_argnames="training", donate_argnums=1)
+        # One program each: eager init would compile every initialiser op on its own (tens
+        # of small XLA programs, seconds each on a CPU), and a traced `training` flag lets
+        # collection and evaluation share one acting program instead of compiling two.
+        self._init_jit = prng.jit(self._init)
+        self._train_jit = prng.jit(self.train_fn, donate_argnums=0)
+        self._act_jit = prng.jit(self.act_fn, donate_argnums=1)
         self._checked_shapes = set()
 
     # ------------------------------------------------------------------ state
     def init(self, key: jax.Array) -> TrainState:
         """Fresh parameters, targets and optimiser states; `key` from `parallel.seed_key(seed)`."""
+        return self._init_jit(key)
+
+    def _init(self, key: jax.Array) -> TrainState:
         k_wm, k_actor, k_value, k_sac, k_state = jax.random.split(key, 5)
         params = {"wm": self.nets.init(k_wm)}
         feat = jnp.zeros((1, self.nets.feat_size))
@@ -194,7 +201,8 @@ class Agent:
             params["obs_norm"] = {
                 m: {"mean": jnp.zeros(shape), "std": jnp.ones(shape)} for m, shape in shapes.items()
             }
-        # Copies: the state is donated, and one buffer cannot be donated twice.
+        # Copies: the state is donated, and one buffer cannot be donated twice (XLA gives
+        # each output of the jitted init its own buffer; the copy keeps that explicit).
         targets = {}
         for path in self.target_decays:
             targets = set_path(targets, path, jax.tree.map(jnp.copy, get_path(params, path)))
@@ -315,8 +323,10 @@ class Agent:
 
     def act(self, state: TrainState, carry: dict, obs: dict, key: jax.Array, training=True):
         """Actions `(n, A)` for `n` environments; `obs` holds `(n, ...)` arrays and
-        `is_first` `(n,)`. Returns `(action, carry)`; `carry` is donated."""
-        return self._act_jit(state, carry, obs, key, training=training)
+        `is_first` `(n,)`. `training`: collection (True: sampled, exploration noise) or
+        evaluation (False: `behavior.eval_mode`), one compiled program for both. Returns
+        `(action, carry)`; `carry` is donated."""
+        return self._act_jit(state, carry, obs, key, np.asarray(training, np.bool_))
 
     def check_batch(self, batches: dict, leading: int) -> None:
         """A clear error for batches that do not match the observation spec (before jit)."""
@@ -671,7 +681,7 @@ class Agent:
         with the given sampling `noise` (`draw_noise`'s layout); nothing is applied. For
         parity checks and debugging: it runs the train step's own gradient code."""
         if not hasattr(self, "_inspect_jit"):
-            self._inspect_jit = jax.jit(self._gradients)
+            self._inspect_jit = prng.jit(self._gradients)
         self.check_batch(batch, leading=2)
         _, _, key = jax.random.split(state.key, 3)
         return self._inspect_jit(state.params, state.targets, batch, noise, key)
@@ -717,6 +727,8 @@ class Agent:
         b = c.behavior
 
         def act_fn(state: TrainState, carry, obs, key, training=True):
+            # `training`: a bool scalar, traced (collection: sample + exploration noise;
+            # evaluation: behavior.eval_mode), so both uses run one compiled program.
             params = state.params
             wm = params["wm"]
             k_obs, k_act, k_mpc, k_noise = jax.random.split(key, 4)
@@ -757,14 +769,15 @@ class Agent:
                     lam=b.lam,
                     first_action_only=b.mpc_first_action_only,
                 )
-            elif training or b.eval_mode == "sample":
-                action = d.sample(k_act)
-            elif b.eval_mode == "mean":  # CoRAL evaluates tanh(mean) (coral.md §5.4)
-                action = d.deterministic()
             else:
-                action = d.mode(k_act)
-            if training and b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
-                action = action + b.expl_noise * jax.random.normal(k_noise, action.shape)
+                action = d.sample(k_act)
+                if b.eval_mode == "mean":  # CoRAL evaluates tanh(mean) (coral.md §5.4)
+                    action = jnp.where(training, action, d.deterministic())
+                elif b.eval_mode != "sample":
+                    action = jnp.where(training, action, d.mode(k_act))
+            if b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
+                noise = b.expl_noise * jax.random.normal(k_noise, action.shape)
+                action = action + jnp.where(training, noise, 0.0)
             action = jnp.clip(action, -1.0, 1.0)
             return action, {"state": post, "action": action}
 
@@ -793,7 +806,7 @@ class Agent:
                 x = self.preprocess(raw)
                 return self.nets.experts(wm, self.nets.encode(wm, x))
 
-            self._experts_jit = jax.jit(experts)
+            self._experts_jit = prng.jit(experts)
         raw = {}
         for m in self.modalities:
             raw[m] = np.asarray(obs[m])

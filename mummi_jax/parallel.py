@@ -13,10 +13,13 @@ Agent requirements (besides the Agent API of docs/ARCHITECTURE.md):
 - ``agent.train_fn(state, batches) -> (state, metrics)``: the **un-jitted** pure function that
   ``agent.train`` jits (batches ``(K, B, T, ...)``, metrics a flat dict of scalars);
 - ``agent.act_fn(state, carry, obs, key, training) -> (action, carry)``: the **un-jitted** pure
-  function that ``agent.act`` jits; ``training`` is a Python bool (static).
+  function that ``agent.act`` jits; ``training`` is a bool scalar, traced: collection and
+  evaluation share one compiled acting program.
 
 The sweep jits ``vmap(train_fn)`` itself, so it compiles once for all seeds; vmapping the
 already-jitted methods would also work but would hide the donation and shardings from us.
+It jits with `mummi_jax.prng.jit` (classic threefry); an agent whose single runs should match
+its sweeps jits its own methods the same way, as `Agent` does.
 
 Padding: with D devices (at most S are used) the seed axis is padded to P = ceil(S / D) * D rows;
 rows S..P-1 are copies of seed S-1, computed and thrown away. Device-resident trees (the stacked
@@ -63,6 +66,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mummi_jax import prng
 from mummi_jax.device_memory import explain_out_of_memory
 
 SEED_AXIS = "seed"
@@ -134,7 +138,7 @@ class SeedParallel:
       num_seeds: S.
       padded_seeds: P, the leading size of the device-resident state and carry.
       devices, mesh, sharding (seed axis over "seed").
-      traces: Counter of traces per step function ("train", "act/training=True", ...).
+      traces: Counter of traces per step function ("train", "act").
     """
 
     def __init__(self, agent, num_seeds: int, devices: Sequence[jax.Device] | None = None):
@@ -176,10 +180,10 @@ class SeedParallel:
         sh = self.sharding
         # Outputs stay seed-sharded: slicing off the dummy rows here would gather them onto
         # every device (a collective); the host drops them after its one copy instead.
-        self._train = jax.jit(
+        self._train = prng.jit(
             train, in_shardings=(sh, sh, sh), out_shardings=(sh, sh), donate_argnums=0
         )
-        self._act: dict[bool, Callable] = {}
+        self._act: Callable | None = None
         # Traces per step function; each should stay 1 for the whole sweep (tests, logs).
         self.traces: collections.Counter[str] = collections.Counter()
 
@@ -342,6 +346,35 @@ class SeedParallel:
         active = jax.ShapeDtypeStruct((self.padded_seeds,), jnp.bool_, sharding=self.sharding)
         return self._train.lower(stacked_state, stacked_batches, active)
 
+    def _act_step(self) -> Callable:
+        """The jitted vmapped acting step (built on first use: runs that never act, such as
+        train-step benchmarks, never trace it)."""
+        if self._act is None:
+            act_fn = self.agent.act_fn
+
+            def act(state, carry, obs, keys, training):
+                self.traces["act"] += 1  # runs at trace time only
+                return jax.vmap(act_fn, in_axes=(0, 0, 0, 0, None))(
+                    state, carry, obs, keys, training
+                )
+
+            sh = self.sharding
+            self._act = prng.jit(
+                act,
+                in_shardings=(sh, sh, sh, sh, NamedSharding(self.mesh, P())),
+                out_shardings=(sh, sh),
+                donate_argnums=1,
+            )
+        return self._act
+
+    def lower_act(self, stacked_state, stacked_carry, stacked_obs, stacked_keys):
+        """The acting step lowered for these inputs (placed as `act` places them), for
+        inspection: its compiled form serves collection and evaluation alike."""
+        obs = self.shard(stacked_obs, "obs")
+        keys = self.shard(stacked_keys, "keys")
+        flag = jax.ShapeDtypeStruct((), jnp.bool_)
+        return self._act_step().lower(stacked_state, stacked_carry, obs, keys, flag)
+
     def act(
         self,
         stacked_state: PyTree,
@@ -358,26 +391,13 @@ class SeedParallel:
           stacked_obs: dict of (S, n, ...) observations incl. flags and is_first, or its
             `shard`/`shard_rows`.
           stacked_keys: (S,) typed keys; row s is the key seed s's single run would pass.
-          training: static; each value compiles once.
+          training: collection (True) or evaluation (False); one program for both.
 
         Returns:
           (action (S, n, A) NumPy, stacked_carry (P, n, ...) sharded).
         """
-        training = bool(training)
-        if training not in self._act:
-            act_fn = self.agent.act_fn
-
-            def act(state, carry, obs, keys):
-                self.traces[f"act/training={training}"] += 1  # runs at trace time only
-                return jax.vmap(lambda s, c, o, k: act_fn(s, c, o, k, training))(
-                    state, carry, obs, keys
-                )
-
-            sh = self.sharding
-            self._act[training] = jax.jit(
-                act, in_shardings=(sh, sh, sh, sh), out_shardings=(sh, sh), donate_argnums=1
-            )
         obs = self.shard(stacked_obs, "obs")
         keys = self.shard(stacked_keys, "keys")
-        action, carry = self._act[training](stacked_state, stacked_carry, obs, keys)
+        flag = np.asarray(training, np.bool_)
+        action, carry = self._act_step()(stacked_state, stacked_carry, obs, keys, flag)
         return self.fetch(action), carry

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from mummi_jax import checkpoint, envs, video
+from mummi_jax import checkpoint, envs, prng, video
 from mummi_jax.config import Config, check_logdir, override, resolve_conv_impl
 from mummi_jax.episodes import EnvList, env_kwargs_from_config, run_episodes
 from mummi_jax.metrics import MetricsLog
@@ -188,8 +188,8 @@ class Runner:
         self.parallel = parallel or SeedParallel(agent, len(self.seeds), devices)
         # Per-episode (S,) acting keys from S episode seeds, and per agent step the keys
         # folded with the step: one small program each rather than S host-side fold_ins.
-        self._base_keys = jax.jit(jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1)))
-        self._fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+        self._base_keys = prng.jit(jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1)))
+        self._fold = prng.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
         self.last_updates_per_second = 0.0
 
     # ------------------------------------------------------------------ state

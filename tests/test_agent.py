@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 
 import chex
@@ -27,6 +28,14 @@ def walker_spec(touch: int = 2) -> dict:
         obs[f"{m}_flag"] = specs.Array((), np.float32)
     return obs
 
+
+# Programs lowered in this process (each jit lowering, whether XLA then compiles it or the
+# compilation cache has it): what an agent costs to start.
+LOWERINGS = collections.Counter()
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, _secs, **_kw: LOWERINGS.update([event])
+)
+LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 ACTION6 = specs.BoundedArray((6,), np.float32, -1.0, 1.0)
 ACTION2 = specs.BoundedArray((2,), np.float32, -1, 1)
@@ -198,15 +207,27 @@ def test_act_step_gives_bounded_actions_and_keeps_its_latent():
     cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
     spec = toy_spec()
     agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
-    state = agent.init(jax.random.key(0))
+    key = jax.random.key(0)
+    before = LOWERINGS[LOWERING]
+    state = agent.init(key)
+    # One program, not one per initialiser op (eager init lowered about 200 of them).
+    assert LOWERINGS[LOWERING] - before == 1
     obs = {k: v[0, :, 0] for k, v in fixed_batch(agent, spec, 1, 3, 1).items()}
     obs["is_first"] = np.ones((3,), np.float32)
     carry = agent.initial_carry(3)
+    keys = [jax.random.key(t) for t in range(3)]
+    before = LOWERINGS[LOWERING]
     for t in range(3):
-        action, carry = agent.act(state, carry, obs, jax.random.key(t), training=t % 2 == 0)
+        action, carry = agent.act(state, carry, obs, keys[t], training=t % 2 == 0)
         assert action.shape == (3, 2)
         assert np.all(np.abs(np.asarray(action)) <= 1.0)
         obs["is_first"] = np.zeros((3,), np.float32)
+    assert LOWERINGS[LOWERING] - before == 1  # collection and evaluation: one program
+    # The flag is live: from the same carry and key, collection adds exploration noise
+    # (behavior.expl_noise) that evaluation does not.
+    collect, _ = agent.act(state, agent.initial_carry(3), obs, jax.random.key(9), training=True)
+    evaluate, _ = agent.act(state, agent.initial_carry(3), obs, jax.random.key(9), training=False)
+    assert cfg.behavior.expl_noise > 0 and not np.allclose(collect, evaluate)
     assert float(np.abs(np.asarray(carry["state"]["deter"])).sum()) > 0
 
 

@@ -24,6 +24,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mummi_jax import prng  # noqa: E402
 from mummi_jax.parallel import SeedParallel, seed_key, stack, unstack  # noqa: E402
 
 OBS, ACT = 3, 2
@@ -53,9 +54,11 @@ class LinearAgent:
     def __init__(self, lr: float = 0.1):
         self.lr = lr
         self.traces = collections.Counter()  # Python side effect: counts traces only
-        self.train = jax.jit(self.train_fn, donate_argnums=0)
-        self.act = jax.jit(self.act_fn, static_argnums=4)
-        self.init = jax.jit(self._init)
+        # prng.jit, as the Agent's: the sweep's programs draw with classic threefry, and a
+        # single run must draw the same numbers to be comparable.
+        self.train = prng.jit(self.train_fn, donate_argnums=0)
+        self.act = prng.jit(self.act_fn)
+        self.init = prng.jit(self._init)
 
     def _init(self, key):
         k_w, k_state = jax.random.split(key)
@@ -86,14 +89,13 @@ class LinearAgent:
         return state, jax.tree.map(jnp.mean, metrics)
 
     def act_fn(self, state, carry, obs, key, training):
-        self.traces[f"act/{training}"] += 1
+        self.traces["act"] += 1
         p = state["params"]
         keep = 1.0 - obs["is_first"][:, None]
         h = 0.9 * carry["h"] * keep + (obs["x"] @ p["w"]) * obs["x_flag"][:, None]
         mean = jnp.tanh(h + p["b"])
-        action = mean
-        if training:
-            action = jnp.clip(mean + 0.3 * jax.random.normal(key, mean.shape), -1.0, 1.0)
+        noisy = jnp.clip(mean + 0.3 * jax.random.normal(key, mean.shape), -1.0, 1.0)
+        action = jnp.where(training, noisy, mean)  # traced, as the Agent's
         return action, {"h": h, "prev_action": action}
 
 
@@ -209,7 +211,7 @@ def run_case(
     # Every program the host waits on is row-parallel: no cross-device collective (their
     # rendezvous aborted an oversubscribed CPU sweep, tests/test_runner.py).
     hlo = sweep.lower_train(state, sweep.shard(stack([make_batches(s, 0) for s in seeds])))
-    act = sweep._act[True].lower(state, carry, sweep.shard(stacked_obs), sweep.shard(keys))
+    act = sweep.lower_act(state, carry, stacked_obs, keys)
     out["collectives"] = sorted(
         set(COLLECTIVES.findall(hlo.compile().as_text() + act.compile().as_text()))
     )
@@ -236,8 +238,9 @@ def _check(out: dict, n_devices: int, num_seeds: int) -> None:
     assert out["state_diff"] < TOL, out
     assert out["act_diff"] < TOL and out["carry_diff"] < TOL, out
     # Compiled once: one trace of each step, and no XLA compile at all after the first round.
-    assert out["traces"] == {"train": 1, "act/training=True": 1, "act/training=False": 1}
-    assert out["agent_traces"] == {"train": 1, "act/True": 1, "act/False": 1}
+    # Collection and evaluation share the acting program (a traced `training` flag).
+    assert out["traces"] == {"train": 1, "act": 1}
+    assert out["agent_traces"] == {"train": 1, "act": 1}
     assert out["late_compiles"] == 0, out
     assert out["collectives"] == [], out["collectives"]
     # The seeds really differ (so equality above is not vacuous).

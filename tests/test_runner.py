@@ -65,9 +65,9 @@ sample = sweep.runs[0].replay.sample(2, 4, 6)
 train = par.lower_train(stacked, par.shard_rows([sample] * 4)).compile().as_text()
 obs = {k: v[0, 0] for k, v in sweep.runs[0].replay.sample(1, 1, 1).items()}
 obs = {k: v for k, v in obs.items() if k not in ("action", "reward", "discount")}
-act = par._act[True].lower(
+act = par.lower_act(
     stacked, par.initial_carry(1), par.shard_rows([obs] * 4),
-    par.shard(jax.random.split(jax.random.key(0), 4)),
+    jax.random.split(jax.random.key(0), 4),
 ).compile().as_text()
 pattern = r"\\b(all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)\\("
 single = Runner(

@@ -23,7 +23,7 @@ import numpy as np
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax import presets
+from mummi_jax import presets, prng
 from mummi_jax.agent import Agent
 from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
@@ -139,7 +139,7 @@ def _components(agent, state, batch, repeats):
             key,
         )
     for name, (fn, *args) in parts.items():
-        yield name, _timed(jax.jit(fn), *args, repeats=repeats)
+        yield name, _timed(prng.jit(fn), *args, repeats=repeats)  # as the train step draws
 
 
 def run(flags):
