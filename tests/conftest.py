@@ -17,9 +17,9 @@ import tempfile
 _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mummi_jax_test_xla_")
-# Cache every compile (JAX's default threshold is 1 s): the eager init of an agent is hundreds
-# of small programs, compiled again by every child process (CLI runs, resumes, fake-device
-# sweeps) unless they come from this cache.
+# Cache every compile (JAX's default threshold is 1 s): besides the train and act steps, each
+# process lowers small programs (key folding, eager array set-up) that every child process
+# (CLI runs, resumes, fake-device sweeps) would otherwise compile again.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402  (after the environment: JAX reads it on import)
