@@ -22,6 +22,15 @@ if _OWN_CACHE:
 # (CLI runs, resumes, fake-device sweeps) would otherwise compile again.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# Level 0 of LLVM for the session (BENCHMARKS.md, "The test suite"): tests compile far more
+# than they run. MUMMI_JAX_TEST_OPT=default, or a level already in XLA_FLAGS, keeps the default.
+from tests.xla_flags import OPT_FLAG  # noqa: E402
+
+if OPT_FLAG not in os.environ.get("XLA_FLAGS", "") and os.environ.get("MUMMI_JAX_TEST_OPT") != (
+    "default"
+):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}=0".strip()
+
 import jax  # noqa: E402  (after the environment: JAX reads it on import)
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])

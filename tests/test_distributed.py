@@ -22,6 +22,7 @@ sys.path.insert(0, str(TESTS.parent))
 sys.path.insert(0, str(TESTS))
 
 from mummi_jax import distributed  # noqa: E402
+from tests.xla_flags import with_flags  # noqa: E402
 
 ALL_SEEDS = [11, 12, 13, 14, 15]
 DEVICES_PER_PROCESS = 2
@@ -72,7 +73,7 @@ def test_two_process_cpu_sweep():
     port = _free_port()
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        "XLA_FLAGS": with_flags(f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"),
         "JAX_PLATFORMS": "cpu",
     }
     procs = [

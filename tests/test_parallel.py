@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from mummi_jax import prng  # noqa: E402
 from mummi_jax.parallel import SeedParallel, seed_key, stack, unstack  # noqa: E402
+from tests.xla_flags import with_flags  # noqa: E402
 
 OBS, ACT = 3, 2
 K, B, T = 2, 4, 3
@@ -258,7 +259,7 @@ def multi_device_results():
     for n_dev, cases in SUBPROCESS_CASES.items():
         env = {
             **os.environ,
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_dev}",
+            "XLA_FLAGS": with_flags(f"--xla_force_host_platform_device_count={n_dev}"),
             "JAX_PLATFORMS": "cpu",
         }
         arg = json.dumps(cases)

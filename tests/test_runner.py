@@ -29,6 +29,7 @@ import pytest
 from mummi_jax import checkpoint
 from tests.test_loop import SMALL
 from tests.test_sweep import assert_same_metrics, numbers
+from tests.xla_flags import with_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,7 @@ def test_a_four_seed_sweep_on_four_busy_fake_devices_completes_and_matches_its_s
 ):
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=with_flags("--xla_force_host_platform_device_count=4"),
         JAX_PLATFORMS="cpu",
         MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
     )

@@ -21,6 +21,7 @@ from mummi_jax.checkpoint import atomic_write
 from mummi_jax.episodes import env_kwargs_from_config
 from mummi_jax.runner import Runner
 from tests.test_loop import SMALL, make_runner, read_metrics
+from tests.xla_flags import with_flags
 
 # Three 100-step episodes, train phases at 200 (two) and 300, one evaluation at 300: every
 # random source of the loop (episode seeds, prefill, acting keys, replay, eval) shows up.
@@ -144,7 +145,7 @@ def test_on_fake_devices_with_a_seed_count_the_devices_do_not_divide(tmp_path, r
     )
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=with_flags("--xla_force_host_platform_device_count=4"),
         JAX_PLATFORMS="cpu",
         MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import subprocess
@@ -109,6 +110,7 @@ def test_end_to_end_smoke(tmp_path):
         episodes=2,
         eval_episodes=4,
         progress=False,
+        image_size=32,  # the paper's 64 px (the default, below) compiles slower
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"mummi", "recon_poe"}
@@ -131,7 +133,8 @@ def test_end_to_end_smoke(tmp_path):
     assert set(saved["variants"]) == {"toy_position_camera", "toy_xy"}
     assert set(saved["untrained"]["toy_xy"]) == {"mummi", "recon_poe"}
     assert saved["settings"]["mummi_drop"] == saved["settings"]["recon_drop"] == 0.2
-    assert saved["settings"]["image_size"] == 64
+    assert saved["settings"]["image_size"] == 32
+    assert inspect.signature(tl.run).parameters["image_size"].default == 64
     for png in (out / "latent.png", out / "toy_xy" / "latent.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(out / "toy_xy" / "latents.npz") as data:
