@@ -4,6 +4,7 @@
     python -m experiments.benchmark --what=train_step --size=paper
     python -m experiments.benchmark --what=loop | acting | sweep | wipe
     python -m experiments.benchmark --what=dots --size=paper   # YNNPACK vs Eigen GFLOP
+    python -m experiments.benchmark --what=conv_layers --size=paper   # encoders vs bare GEMMs
     python -m experiments.benchmark --what=reference --size=paper --reference=MuMMI \
         --tf_python=tfenv/bin/python      # the released code's update beside ours
 
@@ -22,7 +23,17 @@ from absl import app, flags
 from mummi_jax import config as C
 from mummi_jax import presets
 
-WHATS = ("env", "train_step", "acting", "loop", "sweep", "wipe", "reference", "dots")
+WHATS = (
+    "env",
+    "train_step",
+    "acting",
+    "loop",
+    "sweep",
+    "wipe",
+    "reference",
+    "dots",
+    "conv_layers",
+)
 FLAGS = flags.FLAGS
 
 
@@ -54,7 +65,7 @@ def define_flags():
 
 
 # Benchmarks that build a model from --method/--size/--set (the others time environments).
-MODEL_WHATS = ("train_step", "acting", "loop", "sweep", "reference", "dots")
+MODEL_WHATS = ("train_step", "acting", "loop", "sweep", "reference", "dots", "conv_layers")
 
 
 def check_flags(flag_values) -> None:

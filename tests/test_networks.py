@@ -271,3 +271,18 @@ def test_dot_table_counts_loop_trips_and_names_the_backend():
         jax.jit(lambda x, y: x.T @ y).lower(x, jnp.ones((64, 8))).compile().as_text()
     )
     assert grad["lhs_contracting"] == [0] and grad["backend"] == "eigen"
+
+
+def test_conv_layers_benchmark_walks_the_encoders_layers():
+    """`--what=conv_layers` times each encoder layer at the shapes `ConvEncoder` runs: the
+    paper's 64 px through four k4 s2 VALID layers is 31, 14, 6, 2 px at 32..256 channels,
+    whose flatten is the 1024-d embedding, and each layer's patch matrix is (16 C, N H' W')."""
+    from experiments.bench.conv_layers import _layer_shapes
+
+    shapes = _layer_shapes(64, 3, 32, 4)
+    assert shapes == [(3, 32, 64, 31), (32, 64, 31, 14), (64, 128, 14, 6), (128, 256, 6, 2)]
+    enc = networks.ConvEncoder(32, 4, conv_impl="matmul_cm")
+    x = jnp.zeros((1, 64, 64, 3))
+    out = enc.apply(enc.init(jax.random.key(0), x), x)
+    _, o, _, side = shapes[-1]
+    assert out.shape == (1, o * side * side) == (1, 1024)

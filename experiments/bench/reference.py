@@ -26,21 +26,12 @@ import subprocess
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.bench import train_step as ts
 
 # The released code's best CPU path on any x86 box (module docstring).
 ONEDNN_DEFAULT = "1"
-
-
-def gemm_gflops(n=2048, repeats=5) -> float:
-    """Median float32 n^3 matmul rate through XLA in this process (the machine's yardstick)."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-    mm = jax.jit(lambda x, y: x @ y)
-    seconds = ts._timed(mm, a, a, repeats=repeats)
-    return 2 * n**3 / seconds / 1e9
 
 
 class ReferenceProcess:
@@ -107,7 +98,7 @@ def run(flags):
     # Both sides at the parity harness's sizes: `tiny` times its `small` (B 4, T 8, small nets).
     size = "paper" if flags.size == "paper" else "small"
     repeats = flags.repeats or 5
-    yield {"what": "reference/gemm", "n": 2048, "gflops": gemm_gflops()}
+    yield {"what": "reference/gemm", "n": 2048, "gflops": ts.gemm_gflops()}
 
     sides = {}
     sides["reference_no_decoders"] = ReferenceProcess(

@@ -4,7 +4,10 @@ Paper size: B=50, T=50, 64x64 RGB + depth + touch (walker), H=15, MuMMI preset; 
 tiny preset. Prints compile time, median seconds per update over K-update calls, peak RSS,
 and a per-component breakdown on the same batch (each part jitted alone, forward and
 backward): image encoders, expert heads + fusion, the RSSM observe scan, the whole
-world-model gradient and the imagination actor/value gradients.
+world-model gradient and the imagination actor/value gradients. Each part's record carries
+its matrix products' GFLOP (read from its compiled HLO, loop trip counts included:
+`bench.dots.dot_table`), the rate it ran them at, and that rate against a float32 GEMM
+timed in the same process (`of_gemm`): how near each part runs to what the machine can do.
 
 On a CPU the process's allocator matters (BENCHMARKS.md, "One update"): glibc hands the
 step's multi-GB temporaries back to the kernel and faults them in again on every call, while
@@ -83,6 +86,21 @@ def allocator() -> str:
     return "glibc+mallopt" if host_memory.keep_freed_memory() else "glibc"
 
 
+def gemm_gflops(n=2048, repeats=5) -> float:
+    """Median float32 n^3 matmul rate through XLA in this process (the machine's yardstick)."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    mm = jax.jit(lambda x, y: x @ y)
+    seconds = _timed(mm, a, a, repeats=repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def dot_gflop(compiled) -> float:
+    """GFLOP of every matrix product a compiled program runs (loops' trip counts included)."""
+    from experiments.bench.dots import dot_table
+
+    return sum(r["gflop"] for r in dot_table(compiled.as_text()))
+
+
 def _timed(fn, *args, repeats):
     jax.block_until_ready(fn(*args))
     times = []
@@ -94,7 +112,8 @@ def _timed(fn, *args, repeats):
 
 
 def _components(agent, state, batch, repeats):
-    """Seconds of each part of one update, forward + backward, jitted alone."""
+    """(name, seconds, dot GFLOP) of each part of one update, forward + backward, jitted
+    alone."""
     nets, mods = agent.nets, agent.modalities
     params = state.params
     key = jax.random.key(1)
@@ -139,7 +158,8 @@ def _components(agent, state, batch, repeats):
             key,
         )
     for name, (fn, *args) in parts.items():
-        yield name, _timed(prng.jit(fn), *args, repeats=repeats)  # as the train step draws
+        compiled = prng.jit(fn).lower(*args).compile()  # as the train step draws
+        yield name, _timed(compiled, *args, repeats=repeats), dot_gflop(compiled)
 
 
 def run(flags):
@@ -180,14 +200,22 @@ def run(flags):
         "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),  # what `auto` became here
         "allocator": allocator(),
     }
+    gemm = gemm_gflops()
+    record["update_dot_gflop"] = dot_gflop(agent._train_jit.lower(state, batch).compile()) / K
+    record["update_gflops"] = record["update_dot_gflop"] / record["seconds_per_update"]
+    record["gemm_gflops"] = gemm
+    record["of_gemm"] = record["update_gflops"] / gemm
     yield record
     # Breakdown on one batch; shares of the update are of the median above.
     one = jax.tree.map(lambda x: x[0], batch)
-    for name, seconds in _components(agent, state, one, repeats):
+    for name, seconds, gflop in _components(agent, state, one, repeats):
         yield {
             "what": f"train_step/{name}",
             "size": size,
             "method": flags.method,
             "seconds": seconds,
             "share_of_update": seconds / record["seconds_per_update"],
+            "dot_gflop": gflop,
+            "gflops": gflop / seconds,
+            "of_gemm": gflop / seconds / gemm,
         }
