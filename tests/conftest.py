@@ -26,10 +26,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # than they run. MUMMI_JAX_TEST_OPT=default, or a level already in XLA_FLAGS, keeps the default.
 from tests.xla_flags import OPT_FLAG  # noqa: E402
 
-if OPT_FLAG not in os.environ.get("XLA_FLAGS", "") and os.environ.get("MUMMI_JAX_TEST_OPT") != (
-    "default"
-):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {OPT_FLAG}=0".strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+_keep_default = os.environ.get("MUMMI_JAX_TEST_OPT") == "default"
+if OPT_FLAG not in _flags and not _keep_default:
+    os.environ["XLA_FLAGS"] = f"{_flags} {OPT_FLAG}=0".strip()
 
 import jax  # noqa: E402  (after the environment: JAX reads it on import)
 
