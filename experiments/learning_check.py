@@ -17,7 +17,10 @@ trained agent and with uniform random actions on the very same episode seeds, an
 The thresholds default per task (issue 14's targets): the toy robot margin 50 and ratio 2,
 walker tasks ratio 3, every other task ratio 2 (margin 0).
 
-Prints one JSON line (agent and random mean returns, their ratio, `passed`), writes
+Prints one JSON line (agent and random mean returns, their ratio, `passed`, and, not part of
+the pass rule, `separation`: the chance that an agent episode beats a random one, and each
+side's count of episodes with any reward, which tell a sparse task's lucky catch from
+learning: RESULTS.md, `cup_catch`), writes
 `<logdir>/learning_check.json` (with every episode's return) and exits 1 when the check
 fails. Measured figures are in BENCHMARKS.md ("Learning check").
 """
@@ -82,6 +85,16 @@ def defaults(task: str) -> dict:
     }
 
 
+def separation(agent, rand) -> float:
+    """P(an agent episode beats a random one) over every pair, ties counting a half (the
+    Mann-Whitney U over n * m). Why beside the ratio: on sparse tasks (cup_catch) a ratio of
+    means can rest on one or two successful episodes; 0.5 means the two are not told apart,
+    1.0 that every agent episode beats every random one."""
+    a = np.asarray(agent, np.float64)[:, None]
+    r = np.asarray(rand, np.float64)[None, :]
+    return float(np.mean((a > r) + 0.5 * (a == r)))
+
+
 def check(config, logdir, episodes, margin, progress=False, ratio=2.0) -> dict:
     """Trains (or resumes) `config` in `logdir`, then scores agent and random policy."""
     from mummi_jax.checkpoint import atomic_write
@@ -108,6 +121,11 @@ def check(config, logdir, episodes, margin, progress=False, ratio=2.0) -> dict:
         "agent": {"mean": a, "std": float(np.std(trained)), "returns": trained},
         "random": {"mean": r, "std": float(np.std(rand)), "returns": rand},
         "ratio": a / r if r > 0 else float("inf"),
+        "separation": separation(trained, rand),
+        "successes": {  # episodes with any reward: the count that matters on sparse tasks
+            "agent": int(np.sum(np.asarray(trained) > 0)),
+            "random": int(np.sum(np.asarray(rand) > 0)),
+        },
         "margin_required": margin,
         "ratio_required": ratio,
         "passed": bool(a >= r + margin and a >= ratio * r),
