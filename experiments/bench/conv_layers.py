@@ -40,19 +40,15 @@ def _layer_shapes(size, channels, depth, layers):
 
 
 def _layer_fn(form, trains_input):
-    def conv(x, kernel, bias):
-        if form == "matmul_cm":  # (C, N, H, W)
-            y = networks.conv_stride2_matmul_cm(x, kernel) + bias[:, None, None, None]
-        elif form == "matmul":
-            y = networks.conv_stride2_matmul(x, kernel) + bias
-        else:
-            dims = ("NHWC", "HWIO", "NHWC")
-            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=dims)
-            y = y + bias
-        return jax.nn.relu(y)
+    """Gradient of one `ConvEncoder` layer (networks.StridedConv, then ReLU) in `form`."""
+    cm = form == "matmul_cm"
 
     def loss(kernel, bias, x, cotangent):
-        return jnp.vdot(conv(x, kernel, bias), cotangent)
+        layer = networks.StridedConv(
+            kernel.shape[-1], 4, "matmul" if cm else form, channel_major=cm
+        )
+        y = layer.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+        return jnp.vdot(jax.nn.relu(y), cotangent)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2) if trains_input else (0, 1)))
 
