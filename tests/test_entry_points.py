@@ -73,6 +73,8 @@ def test_every_entry_point_turns_bad_input_into_one_line(tmp_path):
         ("evaluate", [f"--logdir={dirs['evaluate']}"], 1, "corrupt checkpoint"),
         ("learning_check", [f"--logdir={new}", "--set=train.steps=0"], 2, "train.steps=0"),
         ("learning_check", [f"--logdir={new}", "--episodes=0"], 2, "--episodes=0"),
+        ("learning_check", [f"--logdir={new}", "--episodes=2"], 2, "could never pass"),
+        ("learning_check", [f"--logdir={new}", "--alpha=0"], 2, "--alpha=0.0 must be in"),
         (
             "learning_check",
             [f"--logdir={new}", "--set=train.train_steps=7"],

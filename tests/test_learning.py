@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments.learning_check import defaults, separation
+from experiments.learning_check import defaults, p_value, separation, verdict
 from tests.xla_flags import default_codegen_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,6 +45,7 @@ def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
     assert np.all(np.isfinite(result["agent"]["returns"]))
     # A learnt agent's episodes beat random's nearly pairwise, not by a few outliers.
     assert result["separation"] > 0.7, (result["agent"]["returns"], result["random"]["returns"])
+    assert result["p_value"] < 0.01 and result["passed"], result["p_value"]  # measured 5.4e-6
 
 
 def test_a_task_s_check_defaults_to_its_cpu_budget_and_its_target():
@@ -71,3 +72,27 @@ def test_separation_tells_a_lucky_catch_from_learning():
     assert separation(finger_agent, finger_random) == 1.0
     assert separation(finger_random, finger_agent) == 0.0
     assert separation([1.0], [1.0]) == 0.5
+
+
+def test_the_pass_rule_needs_the_lead_to_be_more_than_luck():
+    """The same measured returns through the check's rule: cup_catch's 5.97x (two catches
+    against one) fails on its p-value, finger_spin's and walker's leads pass."""
+    cup_agent = [0, 0, 480, 0, 0, 0, 0, 445, 0, 0]
+    cup_random = [0, 0, 0, 0, 0, 155, 0, 0, 0, 0]
+    cup = verdict(cup_agent, cup_random, margin=0.0, ratio=2.0, alpha=0.05)
+    assert cup["ratio"] == pytest.approx(925 / 155) and cup["ratio"] > 2
+    assert cup["p_value"] > 0.2 and not cup["passed"]
+    assert cup["successes"] == {"agent": 2, "random": 1}
+    # alpha=1 is the ratio rule alone, as before the test was added.
+    assert verdict(cup_agent, cup_random, 0.0, 2.0, alpha=1.0)["passed"]
+    finger = verdict(
+        [39, 42, 19, 42, 34, 44, 22, 20, 50, 46], [0, 0, 4, 0, 1, 0, 2, 0, 0, 0], 0.0, 2.0, 0.05
+    )
+    assert finger["p_value"] < 1e-3 and finger["passed"] and finger["separation"] == 1.0
+    # A lead that is significant but short of the ratio still fails.
+    close = verdict([30 + i for i in range(10)], [20 + i for i in range(10)], 0.0, 2.0, 0.05)
+    assert close["p_value"] < 0.05 and not close["passed"]
+    # The exact test with no ties: the agent ahead in every pair of 10 against 10 is 1 / C(20, 10).
+    assert p_value(range(10, 20), range(10)) == pytest.approx(1 / 184756)
+    assert p_value([0] * 10, [0] * 10) == 1.0  # nothing scored: nothing told apart
+    assert p_value(range(10), range(10, 20)) > 0.99
