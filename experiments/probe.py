@@ -69,6 +69,16 @@ def _mean_r2(x, y, half):
     return float(np.mean(per_dim))
 
 
+def poe_shares(stds: dict, form: str) -> dict:
+    """Each expert's share of the PoE weight, `{m: (..., D)}` summing to 1 over m (MuMMI
+    eq. 11 with every expert present): 1/sigma for the released code's form, 1/sigma^2 for
+    the Gaussian product. A share near 1 means that expert alone decides s^f."""
+    power = 1.0 if form == "reference" else 2.0
+    weights = {m: std ** (-power) for m, std in stds.items()}
+    total = sum(weights.values())
+    return {m: w / total for m, w in weights.items()} if weights else {}
+
+
 def play(runner, stacked, episodes: int, rate: float, seed: int, split: str = "test"):
     """Agent episodes with the true joint state: (batch (N, L, ...), qpos (N, L, .), qvel)."""
     from mummi_jax import envs
@@ -147,10 +157,12 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
 
         states, _ = behavior.imagine(agent._img_step(wm), policy, starts, keys)
         imagined = jnp.sum(agent.nets.reward(wm, features(states)), 0).reshape((n, length))
-        experts = {m: v[0] for m, v in (aux["experts"] or {}).items()}
-        return feat, reward, imagined, experts
+        experts = aux["experts"] or {}
+        means = {m: v[0] for m, v in experts.items()}
+        shares = poe_shares({m: v[1] for m, v in experts.items()}, config.model.poe)
+        return feat, reward, imagined, means, shares, aux["fused"]
 
-    feat, reward, imagined, experts = jax.device_get(
+    feat, reward, imagined, experts, shares, fused = jax.device_get(
         analyse(state.params, batch, noise, jax.random.PRNGKey(config.seed + 2))
     )
     half = (n // 2) * length
@@ -169,6 +181,12 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
     for m, mu in experts.items():
         res[f"r2_qpos_{m}"] = _mean_r2(flat(mu), flat(qpos), half)
         res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)
+    if experts:
+        # What the posterior is given: s^f, and how much of it each expert decides.
+        res["r2_qpos_fused"] = _mean_r2(flat(fused), flat(qpos), half)
+        res["r2_qvel_fused"] = _mean_r2(flat(fused), flat(qvel), half)
+        for m, share in shares.items():
+            res[f"poe_share_{m}"] = float(np.mean(share))
     # Step 0 has no reward (the reset); the model is scored from step 1 on.
     r_true, r_pred = batch["reward"][:, 1:].ravel(), np.asarray(reward)[:, 1:].ravel()
     res["reward_rmse"] = float(np.sqrt(np.mean((r_true - r_pred) ** 2)))

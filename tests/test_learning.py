@@ -58,36 +58,38 @@ def test_a_task_s_check_defaults_to_its_cpu_budget_and_its_target():
         defaults("walker_jog")
 
 
+# Test-episode returns measured on 2026-12-05 (RESULTS.md): MuMMI at `small` against uniform
+# random actions on the same 10 episodes.
+CUP_AGENT = [0, 0, 480, 0, 0, 0, 0, 445, 0, 0]
+CUP_RANDOM = [0, 0, 0, 0, 0, 155, 0, 0, 0, 0]
+FINGER_AGENT = [39, 42, 19, 42, 34, 44, 22, 20, 50, 46]
+FINGER_RANDOM = [0, 0, 4, 0, 1, 0, 2, 0, 0, 0]
+
+
 def test_separation_tells_a_lucky_catch_from_learning():
-    """The measured 2026-12-05 returns (RESULTS.md): cup_catch's 'passed' 5.97x rests on two
-    catches against one, finger_spin's agent beats every random episode."""
-    cup_agent = [0, 0, 480, 0, 0, 0, 0, 445, 0, 0]
-    cup_random = [0, 0, 0, 0, 0, 155, 0, 0, 0, 0]
+    """cup_catch's 'passed' 5.97x rests on two catches against one, finger_spin's agent beats
+    every random episode."""
+    cup_agent, cup_random = CUP_AGENT, CUP_RANDOM
     wins = 2 * 10  # both catches beat every random episode (155 < 445)
     ties = 8 * 9  # zero against zero; the other pairs are random's catch over a zero
     assert separation(cup_agent, cup_random) == pytest.approx((wins + 0.5 * ties) / 100)
     assert separation(cup_agent, cup_random) < 0.6  # not told apart
-    finger_agent = [39, 42, 19, 42, 34, 44, 22, 20, 50, 46]
-    finger_random = [0, 0, 4, 0, 1, 0, 2, 0, 0, 0]
-    assert separation(finger_agent, finger_random) == 1.0
-    assert separation(finger_random, finger_agent) == 0.0
+    assert separation(FINGER_AGENT, FINGER_RANDOM) == 1.0
+    assert separation(FINGER_RANDOM, FINGER_AGENT) == 0.0
     assert separation([1.0], [1.0]) == 0.5
 
 
 def test_the_pass_rule_needs_the_lead_to_be_more_than_luck():
     """The same measured returns through the check's rule: cup_catch's 5.97x (two catches
     against one) fails on its p-value, finger_spin's and walker's leads pass."""
-    cup_agent = [0, 0, 480, 0, 0, 0, 0, 445, 0, 0]
-    cup_random = [0, 0, 0, 0, 0, 155, 0, 0, 0, 0]
+    cup_agent, cup_random = CUP_AGENT, CUP_RANDOM
     cup = verdict(cup_agent, cup_random, margin=0.0, ratio=2.0, alpha=0.05)
     assert cup["ratio"] == pytest.approx(925 / 155) and cup["ratio"] > 2
     assert cup["p_value"] > 0.2 and not cup["passed"]
     assert cup["successes"] == {"agent": 2, "random": 1}
     # alpha=1 is the ratio rule alone, as before the test was added.
     assert verdict(cup_agent, cup_random, 0.0, 2.0, alpha=1.0)["passed"]
-    finger = verdict(
-        [39, 42, 19, 42, 34, 44, 22, 20, 50, 46], [0, 0, 4, 0, 1, 0, 2, 0, 0, 0], 0.0, 2.0, 0.05
-    )
+    finger = verdict(FINGER_AGENT, FINGER_RANDOM, 0.0, 2.0, 0.05)
     assert finger["p_value"] < 1e-3 and finger["passed"] and finger["separation"] == 1.0
     # A lead that is significant but short of the ratio still fails.
     close = verdict([30 + i for i in range(10)], [20 + i for i in range(10)], 0.0, 2.0, 0.05)

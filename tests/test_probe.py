@@ -27,3 +27,26 @@ def test_mean_r2_is_one_for_a_linear_map_and_ignores_still_joints():
     y = np.stack([x @ rng.standard_normal(5), np.zeros(400), -x[:, 0]], 1)
     assert P._mean_r2(x, y, 200) > 0.999  # the constant column is left out, not scored 0
     assert abs(P._mean_r2(rng.standard_normal((400, 5)), y, 200)) < 0.1
+
+
+def test_poe_shares_are_the_fusion_weights_of_each_form():
+    import jax.numpy as jnp
+
+    from mummi_jax.distributions import product_of_experts
+
+    stds = {"image": np.array([[0.1, 1.0]]), "depth": np.array([[0.4, 1.0]])}
+    means = {"image": np.array([[1.0, 3.0]]), "depth": np.array([[-1.0, -3.0]])}
+    for form, image_share in (("reference", 0.8), ("gaussian", 16 / 17)):
+        shares = P.poe_shares(stds, form)
+        np.testing.assert_allclose(shares["image"] + shares["depth"], 1.0)
+        np.testing.assert_allclose(shares["image"], [[image_share, 0.5]], rtol=1e-6)
+        # The shares are what weights the means in the fusion itself (eps aside).
+        fused, _ = product_of_experts(
+            jnp.stack([means["image"], means["depth"]]),
+            jnp.stack([stds["image"], stds["depth"]]),
+            jnp.ones((2, 1)),
+            form=form,
+            eps=0.0,
+        )
+        expect = shares["image"] * means["image"] + shares["depth"] * means["depth"]
+        np.testing.assert_allclose(np.asarray(fused), expect, rtol=1e-5)
