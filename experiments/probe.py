@@ -1,6 +1,7 @@
 """What has a trained agent's world model learnt? Perception and control measured apart.
 
     MUJOCO_GL=egl python -m experiments.probe --logdir=RUN [--episodes=16] [--rate=0]
+        [--split=test|train] [--policy=agent|random]
 
 Plays `--episodes` evaluation episodes with the run's newest checkpoint (`--split` background
 videos: `test`, unseen in training, or `train`; missing rate `--rate`), recording the
@@ -16,11 +17,23 @@ probes on the first half of the episodes and scoring them on the second:
   sensor carries.
 - `reward_r2`, `reward_rmse`: the reward head on the posterior features against the real
   rewards (MuMMI eq. 10's reward term).
+- `poe_share_<m>` (PoE methods): expert m's share of the fusion weight (1/sigma in the
+  released code's form), averaged over steps and dimensions; `r2_qpos_fused`,
+  `r2_qvel_fused`: the probes from s^f itself, what the posterior is given.
+- `action_abs_mean`, `action_std_within`: the played actions' mean |a| and their std within
+  an episode (a collapsed actor: |a| near 1, std near 0).
 - `imagined_vs_real`: from every posterior state the actor's H-step imagination (eq. 18-19's
   rollout) sums predicted rewards; the real sum of the next H rewards of the same episode
   beside it (correlation, means). An optimistic model shows as imagined >> real.
 
-Writes `<logdir>/probe.json` (`probe_train.json` for `--split=train`) and prints it.
+`--policy=random` plays uniform random actions instead of the agent: every run of a task and
+seed is then probed on the same episodes, so two methods' numbers compare on equal data (with
+the agent's own policy, each model is scored on the states its policy visits).
+`imagined_vs_real` is then left out: the actor imagines its own actions, not the random
+ones played, so the two sums would not measure the same thing.
+
+Writes `<logdir>/probe.json` (`probe_train.json` for `--split=train`, a `_random` suffix for
+`--policy=random`) and prints it.
 Proprioception-only runs get the same numbers (the probe then checks the sensor path).
 """
 
@@ -79,8 +92,15 @@ def poe_shares(stds: dict, form: str) -> dict:
     return {m: w / total for m, w in weights.items()} if weights else {}
 
 
-def play(runner, stacked, episodes: int, rate: float, seed: int, split: str = "test"):
-    """Agent episodes with the true joint state: (batch (N, L, ...), qpos (N, L, .), qvel)."""
+def play(
+    runner, stacked, episodes: int, rate: float, seed: int, split: str = "test", policy="agent"
+):
+    """Episodes with the true joint state: (batch (N, L, ...), qpos (N, L, .), qvel).
+
+    `policy`: "agent" (the run's own evaluation policy) or "random" (uniform actions drawn
+    from the episode's seed alone, so runs of any method are probed on the same episodes)."""
+    if policy not in ("agent", "random"):
+        raise ValueError(f"--policy={policy!r}: 'agent' or 'random'")
     from mummi_jax import envs
     from mummi_jax.episodes import EnvList, run_episodes
     from mummi_jax.runner import EVAL_OFFSET, eval_episode_seed
@@ -97,7 +117,12 @@ def play(runner, stacked, episodes: int, rate: float, seed: int, split: str = "t
     try:
         for j in range(episodes):
             ep_seed = eval_episode_seed(seed, 1000 + j)
-            act = runner._policy(stacked, [0], 1, {}, {0: ep_seed}, training=False)
+            if policy == "agent":
+                act = runner._policy(stacked, [0], 1, {}, {0: ep_seed}, training=False)
+            else:
+                rng = np.random.default_rng(ep_seed)
+                shape = (1, runner.agent.action_dim)
+                act = lambda obs_list, first, rng=rng, shape=shape: rng.uniform(-1, 1, shape)
             states = []
 
             def policy(obs_list, first, act=act, states=states):
@@ -118,7 +143,9 @@ def play(runner, stacked, episodes: int, rate: float, seed: int, split: str = "t
     return batch, np.stack(qpos), np.stack(qvel)
 
 
-def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test") -> dict:
+def probe(
+    logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test", policy="agent"
+) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -138,7 +165,7 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
         raise FileNotFoundError(f"no checkpoint in {runner.runs[0].ckpt_dir}; train first")
     state = runner.parallel.states(stacked)[0]
     agent = runner.agent
-    batch, qpos, qvel = play(runner, stacked, episodes, rate, config.seed, split)
+    batch, qpos, qvel = play(runner, stacked, episodes, rate, config.seed, split, policy)
     n, length = batch["reward"].shape
     noise = agent.draw_noise(jax.random.PRNGKey(config.seed + 1), n, length)
 
@@ -173,6 +200,7 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
         "episodes": n,
         "missing_rate": rate,
         "background_split": split,
+        "policy": policy,
         "modalities": list(agent.modalities),
         "returns": [float(r) for r in batch["reward"][:, 1:].sum(1)],
         "r2_qpos": _mean_r2(flat(feat), flat(qpos), half),
@@ -187,25 +215,32 @@ def probe(logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test
         res["r2_qvel_fused"] = _mean_r2(flat(fused), flat(qvel), half)
         for m, share in shares.items():
             res[f"poe_share_{m}"] = float(np.mean(share))
+    # The actions the agent took (step t holds the one that led to it): a collapsed actor
+    # shows as |a| near 1 with little change within an episode.
+    acts = np.asarray(batch["action"], np.float64)[:, 1:]
+    res["action_abs_mean"] = float(np.mean(np.abs(acts)))
+    res["action_std_within"] = float(np.mean(np.std(acts, axis=1)))
     # Step 0 has no reward (the reset); the model is scored from step 1 on.
     r_true, r_pred = batch["reward"][:, 1:].ravel(), np.asarray(reward)[:, 1:].ravel()
     res["reward_rmse"] = float(np.sqrt(np.mean((r_true - r_pred) ** 2)))
     resid, spread = np.sum((r_true - r_pred) ** 2), np.sum((r_true - r_true.mean()) ** 2)
     res["reward_r2"] = float(1 - resid / spread)
-    h = config.behavior.horizon
-    real = np.stack(
-        [np.convolve(ep[1:], np.ones(h), "valid")[: length - h] for ep in batch["reward"]]
-    )  # real[i, t] = r_{t+1} + ... + r_{t+H}
-    imag = np.asarray(imagined)[:, : length - h]
-    res["imagined_vs_real"] = {
-        "horizon": h,
-        "imagined_mean": float(imag.mean()),
-        "real_mean": float(real.mean()),
-        "correlation": float(np.corrcoef(imag.ravel(), real.ravel())[0, 1]),
-    }
+    if policy == "agent":  # the actor imagines its own actions: only then a calibration
+        h = config.behavior.horizon
+        real = np.stack(
+            [np.convolve(ep[1:], np.ones(h), "valid")[: length - h] for ep in batch["reward"]]
+        )  # real[i, t] = r_{t+1} + ... + r_{t+H}
+        imag = np.asarray(imagined)[:, : length - h]
+        res["imagined_vs_real"] = {
+            "horizon": h,
+            "imagined_mean": float(imag.mean()),
+            "real_mean": float(real.mean()),
+            "correlation": float(np.corrcoef(imag.ravel(), real.ravel())[0, 1]),
+        }
     from mummi_jax.checkpoint import atomic_write
 
-    name = "probe.json" if split == "test" else f"probe_{split}.json"
+    suffix = ("" if split == "test" else f"_{split}") + ("" if policy == "agent" else "_random")
+    name = f"probe{suffix}.json"
     atomic_write(os.path.join(logdir, name), json.dumps(res, indent=1).encode())
     return res
 
@@ -218,12 +253,19 @@ def define_flags():
     flags.DEFINE_integer("episodes", 16, "Episodes played (half fit the probes, half score).")
     flags.DEFINE_float("rate", 0.0, "Missing-data rate of the probe episodes.")
     flags.DEFINE_enum("split", "test", ["test", "train"], "Backgrounds: unseen or trained on.")
+    flags.DEFINE_enum(
+        "policy",
+        "agent",
+        ["agent", "random"],
+        "Who plays the probe episodes: the run's agent, or uniform random actions (the same "
+        "episodes for every run of a task and seed, so methods compare on equal data).",
+    )
 
 
 def main(argv):
     del argv
     try:
-        res = probe(FLAGS.logdir, FLAGS.episodes, FLAGS.rate, FLAGS.split)
+        res = probe(FLAGS.logdir, FLAGS.episodes, FLAGS.rate, FLAGS.split, FLAGS.policy)
     except (FileNotFoundError, ValueError) as e:  # no run there, a bad config or flag
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -650,8 +650,14 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
             )
 
 
+# Options that only say when to stop: a run resumed with another value trains the same model
+# to a different length (extending a finished run to more env steps is a resume).
+STOPPING_KEYS = ("train.steps",)
+
+
 def check_logdir(logdir: str, config) -> None:
-    """A logdir holding a run with a different config is an error (nothing is touched)."""
+    """A logdir holding a run with a different config is an error (nothing is touched);
+    `STOPPING_KEYS` may differ."""
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         return
@@ -669,6 +675,7 @@ def check_logdir(logdir: str, config) -> None:
         a, b = saved.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            diffs = [d for d in diffs if d not in STOPPING_KEYS]
         elif a != b:
             diffs.append(key)
     if diffs:

@@ -243,3 +243,11 @@ def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path):
     changed = C.override(config, {"model.shared_noise": not config.model.shared_noise})
     with pytest.raises(ValueError, match="model.shared_noise"):
         C.check_logdir(str(tmp_path), changed)
+
+
+def test_a_run_resumes_with_another_length_but_not_another_model(tmp_path):
+    config = presets.make_config("mummi", "walker_walk", "tiny")
+    (tmp_path / "config.json").write_text(config.to_json())
+    C.check_logdir(str(tmp_path), C.override(config, {"train.steps": 3 * config.train.steps}))
+    with pytest.raises(ValueError, match=r"differs in train.batch\)"):
+        C.check_logdir(str(tmp_path), C.override(config, {"train.steps": 1, "train.batch": 3}))
