@@ -82,14 +82,24 @@ def _mean_r2(x, y, half):
     return float(np.mean(per_dim))
 
 
-def poe_shares(stds: dict, form: str) -> dict:
-    """Each expert's share of the PoE weight, `{m: (..., D)}` summing to 1 over m (MuMMI
-    eq. 11 with every expert present): 1/sigma for the released code's form, 1/sigma^2 for
-    the Gaussian product. A share near 1 means that expert alone decides s^f."""
+def poe_shares(stds: dict, form: str, present: dict | None = None) -> dict:
+    """Each expert's share of the PoE weight (MuMMI eq. 11), `{m: (..., D)}`: 1/sigma for the
+    released code's form, 1/sigma^2 for the Gaussian product (its optional N(0, I) prior
+    expert left out). A missing expert (`present[m]` `(...)` 0) has share 0; where every
+    expert is missing all shares are 0, else they sum to 1. A share near 1 means that expert
+    alone decides s^f."""
+    import jax.numpy as jnp
+
     power = 1.0 if form == "reference" else 2.0
-    weights = {m: std ** (-power) for m, std in stds.items()}
+    weights = {}
+    for m, std in stds.items():
+        flag = 1.0 if present is None else jnp.asarray(present[m], std.dtype)[..., None]
+        weights[m] = flag * std ** (-power)
+    if not weights:
+        return {}
     total = sum(weights.values())
-    return {m: w / total for m, w in weights.items()} if weights else {}
+    safe = jnp.where(total > 0, total, 1.0)
+    return {m: w / safe for m, w in weights.items()}
 
 
 def play(
@@ -186,7 +196,8 @@ def probe(
         imagined = jnp.sum(agent.nets.reward(wm, features(states)), 0).reshape((n, length))
         experts = aux["experts"] or {}
         means = {m: v[0] for m, v in experts.items()}
-        shares = poe_shares({m: v[1] for m, v in experts.items()}, config.model.poe)
+        flags = {m: batch[f"{m}_flag"] for m in experts}
+        shares = poe_shares({m: v[1] for m, v in experts.items()}, config.model.poe, flags)
         return feat, reward, imagined, means, shares, aux["fused"]
 
     feat, reward, imagined, experts, shares, fused = jax.device_get(

@@ -50,3 +50,10 @@ def test_poe_shares_are_the_fusion_weights_of_each_form():
         )
         expect = shares["image"] * means["image"] + shares["depth"] * means["depth"]
         np.testing.assert_allclose(np.asarray(fused), expect, rtol=1e-5)
+    # A missing expert has no share; with none present, no one decides.
+    present = {"image": np.array([0.0]), "depth": np.array([1.0])}
+    shares = P.poe_shares(stds, "reference", present)
+    np.testing.assert_allclose(shares["image"], [[0.0, 0.0]])
+    np.testing.assert_allclose(shares["depth"], [[1.0, 1.0]])
+    none = P.poe_shares(stds, "reference", {m: np.array([0.0]) for m in stds})
+    assert all(np.all(np.asarray(v) == 0) for v in none.values())
