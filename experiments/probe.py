@@ -135,12 +135,13 @@ def play(
                 act = lambda obs_list, first, rng=rng, shape=shape: rng.uniform(-1, 1, shape)
             states = []
 
-            def policy(obs_list, first, act=act, states=states):
+            # Not named `policy`: that is the argument, read again on the next episode.
+            def record(obs_list, first, act=act, states=states):
                 states.append((env.physics.data.qpos.copy(), env.physics.data.qvel.copy()))
                 return act(obs_list, first)
 
             ((episode, _),) = run_episodes(
-                EnvList([env]), policy, runner.agent.modalities, [ep_seed]
+                EnvList([env]), record, runner.agent.modalities, [ep_seed]
             )
             # The last observation is never acted on; its state is read now.
             states.append((env.physics.data.qpos.copy(), env.physics.data.qvel.copy()))
