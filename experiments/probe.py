@@ -83,23 +83,26 @@ def _mean_r2(x, y, half):
 
 
 def poe_shares(stds: dict, form: str, present: dict | None = None) -> dict:
-    """Each expert's share of the PoE weight (MuMMI eq. 11), `{m: (..., D)}`: 1/sigma for the
-    released code's form, 1/sigma^2 for the Gaussian product (its optional N(0, I) prior
-    expert left out). A missing expert (`present[m]` `(...)` 0) has share 0; where every
-    expert is missing all shares are 0, else they sum to 1. A share near 1 means that expert
-    alone decides s^f."""
+    """Each expert's share of the PoE weight (MuMMI eq. 11; `distributions.poe_weights`,
+    the weights the fusion uses), `{m: (..., D)}`. A missing expert (`present[m]` `(...)`
+    0) has share 0; where every expert is missing all shares are 0, else they sum to 1. A
+    share near 1 means that expert alone decides s^f."""
     import jax.numpy as jnp
 
-    power = 1.0 if form == "reference" else 2.0
-    weights = {}
-    for m, std in stds.items():
-        flag = 1.0 if present is None else jnp.asarray(present[m], std.dtype)[..., None]
-        weights[m] = flag * std ** (-power)
-    if not weights:
+    from mummi_jax import distributions
+
+    names = list(stds)
+    if not names:
         return {}
-    total = sum(weights.values())
+    stacked = jnp.stack([jnp.asarray(stds[m]) for m in names])
+    lead = stacked.shape[1:-1]
+    flags = jnp.stack(
+        [jnp.broadcast_to(1.0 if present is None else present[m], lead) for m in names]
+    )
+    weights = distributions.poe_weights(stacked, flags, form)
+    total = jnp.sum(weights, axis=0)
     safe = jnp.where(total > 0, total, 1.0)
-    return {m: w / safe for m, w in weights.items()}
+    return {m: weights[i] / safe for i, m in enumerate(names)}
 
 
 def play(

@@ -42,6 +42,24 @@ def entropy(std: jax.Array) -> jax.Array:
     return jnp.sum(0.5 * (1.0 + _LOG_2PI) + jnp.log(std), axis=-1)
 
 
+def poe_weights(stds: jax.Array, present: jax.Array, form: str = "reference") -> jax.Array:
+    """Each expert's unnormalised weight in the product of experts (MuMMI eq. 11).
+
+    Args:
+      stds: `(M, ..., D)` expert standard deviations.
+      present: `(M, ...)` presence flags; a missing expert's weight is 0.
+      form: "reference" (the released code: `1/sigma`) or "gaussian" (the precision
+        `1/sigma^2`). See `product_of_experts`.
+
+    Returns:
+      `(M, ..., D)` weights, in the dtype of `stds`.
+    """
+    if form not in ("reference", "gaussian"):
+        raise ValueError(f"unknown PoE form {form!r}; valid: reference, gaussian")
+    mask = present.astype(stds.dtype)[..., None]
+    return mask / stds if form == "reference" else mask / jnp.square(stds)
+
+
 def product_of_experts(
     means: jax.Array,
     stds: jax.Array,
@@ -68,14 +86,11 @@ def product_of_experts(
       `(mean, std)`, each `(..., D)`. With every expert missing and no prior expert, the
       gaussian form returns N(0, I) and the reference form mean 0.
     """
-    mask = present.astype(means.dtype)[..., None]
     if form == "reference":
-        weights = mask / stds
+        weights = poe_weights(stds, present, form)
         total = jnp.sum(weights, axis=0) + eps
         return jnp.sum(weights * means, axis=0) / total, 1.0 / total
-    if form != "gaussian":
-        raise ValueError(f"unknown PoE form {form!r}; valid: reference, gaussian")
-    precision = mask / jnp.square(stds)
+    precision = poe_weights(stds, present, form)
     total = jnp.sum(precision, axis=0) + (1.0 if prior_expert else 0.0)
     weighted = jnp.sum(precision * means, axis=0)
     empty = total <= 0

@@ -9,7 +9,14 @@ should not have to know about. `keep_freed_memory()` asks glibc itself for the s
 `mallopt`, before the first large allocation: no `mmap` for large blocks (they come from the
 heap and return to it), no trimming, and one arena (XLA's worker threads would otherwise
 each grow their own heap and fall back to the main one for blocks over 64 MB anyway).
-The cost is resident memory: the process keeps its peak.
+The cost is resident memory: the process keeps its peak, so the peak must not creep up.
+It did, by a race: XLA:CPU frees a call's temporaries on its worker thread 10-20 ms *after*
+it marks the outputs ready, so a host that dispatches the next update at once allocates
+while the last one's several GB are still held. A heap that never trims keeps every such
+overlap, fragmented, and grows with each back-to-back update (paper size: 8.2 GiB after one
+update, 20.4 GiB after six, OOM-killed at 24.4 GiB before the twelfth on a 23 GiB box;
+BENCHMARKS.md, "The heap growth"). `settle()` closes the race: a loop that issues updates
+back to back calls it after it has synchronised on each one's outputs.
 """
 
 from __future__ import annotations
@@ -18,10 +25,21 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import time
 
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied: bool | None = None
+_libc = None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        ).split()
+    ]
 
 
 def keep_freed_memory() -> bool:
@@ -42,6 +60,8 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
+    global _libc
+    _libc = libc
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     ok = mallopt(_M_MMAP_MAX, 0) == 1
     # -1, not the largest int: mallopt's argument is an int, so 2**31 - 1 was the highest
@@ -51,3 +71,45 @@ def keep_freed_memory() -> bool:
     ok &= mallopt(_M_ARENA_MAX, 1) == 1
     _applied = bool(ok)
     return _applied
+
+
+def bytes_in_use() -> int | None:
+    """The heap's bytes in use (glibc's `mallinfo2`; one arena, so the whole process's
+    `malloc`ed memory), or None where `keep_freed_memory()` is not in force. It walks the
+    free lists under the heap's lock: 2-10 ms on the paper-size heap (5 * 10^4 free chunks),
+    so read it once per update, not per step."""
+    if not _applied or _libc is None:
+        return None
+    try:
+        info = _libc.mallinfo2
+    except AttributeError:  # glibc < 2.33
+        return None
+    info.restype = _MallInfo2
+    return int(info().uordblks)
+
+
+def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28) -> float:
+    """Waits until a finished XLA call's temporaries are back in the heap; returns the
+    seconds waited (0.0 when nothing was held or `keep_freed_memory()` is not in force).
+
+    Args:
+      in_use_before: `bytes_in_use()` read before the call was dispatched.
+      timeout: the longest wait, seconds; the paper-size update's 7 GB come back in
+        10-20 ms.
+      floor: bytes held beyond `in_use_before` below which there is nothing to wait for
+        (a prefetched batch or two, the small sizes' temporaries).
+
+    Call it after synchronising on the call's outputs (reading a metric, or
+    `jax.block_until_ready`), before dispatching the next call. It returns once three
+    quarters of what was held beyond `in_use_before` is free again, so batches prefetched
+    meanwhile on another thread do not keep it waiting.
+    """
+    now = bytes_in_use()
+    if in_use_before is None or now is None or now - in_use_before < floor:
+        return 0.0
+    start = time.perf_counter()
+    target = in_use_before + (now - in_use_before) // 4
+    while now > target and time.perf_counter() - start < timeout:
+        time.sleep(0.001)
+        now = bytes_in_use()
+    return time.perf_counter() - start

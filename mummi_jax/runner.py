@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from mummi_jax import checkpoint, envs, prng, video
+from mummi_jax import checkpoint, envs, host_memory, prng, video
 from mummi_jax.config import Config, check_logdir, override, resolve_conv_impl
 from mummi_jax.episodes import EnvList, env_kwargs_from_config, run_episodes
 from mummi_jax.metrics import MetricsLog
@@ -424,6 +424,7 @@ class Runner:
         t0 = time.time()
         with contextlib.closing(self._batches(calls, on)) as batches:  # stops the prefetch
             for batch in batches:
+                in_use = host_memory.bytes_in_use()
                 stacked, metrics = self.parallel.train(stacked, batch, active)
                 for i in on:
                     row = {k: v[i] for k, v in metrics.items()}
@@ -436,6 +437,9 @@ class Runner:
                             )
                     sums[i] = row if sums[i] is None else {k: sums[i][k] + row[k] for k in row}
                     counters[i]["updates"] += t.updates_per_call
+                # The metrics above synchronised on the call; its temporaries are freed just
+                # after, and the next call must not allocate before (host_memory.settle).
+                host_memory.settle(in_use)
         # Each seed did calls * K updates in this wall time: the single run's per-seed figure.
         self.last_updates_per_second = calls * t.updates_per_call / (time.time() - t0)
         for i in on:

@@ -74,6 +74,16 @@ def test_gaussian_poe_adds_precisions():
     np.testing.assert_allclose(std, [[1.0]])
 
 
+def test_poe_weights_are_the_fusions_and_drop_missing_experts():
+    present = jnp.array([[1.0], [0.0]])
+    np.testing.assert_allclose(dist.poe_weights(STDS, present, "reference"), [[[1.0]], [[0.0]]])
+    np.testing.assert_allclose(
+        dist.poe_weights(STDS, jnp.ones((2, 1)), "gaussian"), [[[1.0]], [[4.0]]]
+    )
+    with pytest.raises(ValueError, match="'sum'.*reference, gaussian"):
+        dist.product_of_experts(MEANS, STDS, present, "sum")
+
+
 # ----------------------------------------------------------------------------- GRU
 def test_keras_gru_cell_by_hand():
     # One unit, one input; Keras gate order z, r, h; reset_after=True.

@@ -51,3 +51,44 @@ def test_a_freed_block_over_2_gib_is_kept_too():
     kept = _probe(True, mb=2300)
     assert kept["applied"] is True
     assert kept["faults"] < 1_000, kept
+
+
+SETTLE = r"""
+import json, threading
+from mummi_jax import host_memory
+host_memory.keep_freed_memory()
+import numpy as np
+before = host_memory.bytes_in_use()
+# 512 MiB held, then freed 50 ms later on another thread: as XLA:CPU frees a finished
+# call's temporaries just after the host has seen its outputs.
+held = [np.ones(2**29, np.uint8)]
+threading.Timer(0.05, held.clear).start()
+waited = host_memory.settle(before)
+freed = host_memory.bytes_in_use() - before
+idle = host_memory.settle(host_memory.bytes_in_use())
+print(json.dumps({"waited": waited, "freed": freed, "idle": idle}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2")
+def test_settle_waits_for_memory_another_thread_frees():
+    env = {"MUMMI_JAX_MALLOPT": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run(
+        [sys.executable, "-c", SETTLE], capture_output=True, text=True, check=True, env=env
+    )
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert 0.04 <= out["waited"] < 0.25, out  # until the free, well before the timeout
+    assert out["freed"] < 2**27, out  # the 512 MiB were back when it returned
+    assert out["idle"] == 0.0, out  # nothing held: no wait
+
+
+def test_settle_is_a_no_op_without_keep_freed_memory():
+    env = {"MUMMI_JAX_MALLOPT": "0", "PATH": "/usr/bin:/bin"}
+    code = (
+        "from mummi_jax import host_memory as h; h.keep_freed_memory(); "
+        "print(h.bytes_in_use(), h.settle(0))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["None", "0.0"]

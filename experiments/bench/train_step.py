@@ -26,7 +26,7 @@ import numpy as np
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax import presets, prng
+from mummi_jax import host_memory, presets, prng
 from mummi_jax.agent import Agent
 from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
@@ -80,8 +80,6 @@ def allocator() -> str:
     for name in ("tcmalloc", "jemalloc", "mimalloc"):
         if f"lib{name}" in maps:
             return name
-    from mummi_jax import host_memory
-
     # glibc told to keep freed memory (the entry points' default) or as it comes.
     return "glibc+mallopt" if host_memory.keep_freed_memory() else "glibc"
 
@@ -106,7 +104,9 @@ def _timed(fn, *args, repeats):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
+        in_use = host_memory.bytes_in_use()
         jax.block_until_ready(fn(*args))
+        host_memory.settle(in_use)  # as the runner does between updates
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -185,8 +185,10 @@ def run(flags):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
+        in_use = host_memory.bytes_in_use()
         state, metrics = train(state, batch)
         jax.block_until_ready(metrics)
+        host_memory.settle(in_use)  # as the runner does between updates
         times.append((time.perf_counter() - t) / K)
     record = {
         "what": "train_step",
