@@ -16,11 +16,12 @@ while the last one's several GB are still held. A heap that never trims keeps ev
 overlap, fragmented, and grows with each back-to-back update (paper size: 8.2 GiB after one
 update, 20.4 GiB after six, OOM-killed at 24.4 GiB before the twelfth on a 23 GiB box;
 BENCHMARKS.md, "The heap growth"). `settle()` closes the race: a loop that issues updates
-back to back calls it after it has synchronised on each one's outputs.
+back to back runs each one, up to its synchronisation, inside `with settling():`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -30,7 +31,7 @@ import time
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied: bool | None = None
-_libc = None
+_mallinfo2 = None  # glibc's mallinfo2, once keep_freed_memory() is in force (glibc >= 2.33)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -60,8 +61,10 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
-    global _libc
-    _libc = libc
+    global _mallinfo2
+    if hasattr(libc, "mallinfo2"):
+        _mallinfo2 = libc.mallinfo2
+        _mallinfo2.restype = _MallInfo2
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     ok = mallopt(_M_MMAP_MAX, 0) == 1
     # -1, not the largest int: mallopt's argument is an int, so 2**31 - 1 was the highest
@@ -78,14 +81,9 @@ def bytes_in_use() -> int | None:
     `malloc`ed memory), or None where `keep_freed_memory()` is not in force. It walks the
     free lists under the heap's lock: 2-10 ms on the paper-size heap (5 * 10^4 free chunks),
     so read it once per update, not per step."""
-    if not _applied or _libc is None:
+    if not _applied or _mallinfo2 is None:
         return None
-    try:
-        info = _libc.mallinfo2
-    except AttributeError:  # glibc < 2.33
-        return None
-    info.restype = _MallInfo2
-    return int(info().uordblks)
+    return int(_mallinfo2().uordblks)
 
 
 def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28) -> float:
@@ -113,3 +111,13 @@ def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28)
         time.sleep(0.001)
         now = bytes_in_use()
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def settling():
+    """`with settling(): <dispatch a call and synchronise on its outputs>`: reads
+    `bytes_in_use()` before the block and `settle()`s after it, so the next call starts
+    once this one's temporaries are free."""
+    before = bytes_in_use()
+    yield
+    settle(before)

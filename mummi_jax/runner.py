@@ -424,8 +424,11 @@ class Runner:
         t0 = time.time()
         with contextlib.closing(self._batches(calls, on)) as batches:  # stops the prefetch
             for batch in batches:
-                in_use = host_memory.bytes_in_use()
-                stacked, metrics = self.parallel.train(stacked, batch, active)
+                # `train` returns the metrics on the host, so the call has finished; its
+                # temporaries are freed just after, and the next call must not allocate
+                # before (host_memory.settling).
+                with host_memory.settling():
+                    stacked, metrics = self.parallel.train(stacked, batch, active)
                 for i in on:
                     row = {k: v[i] for k, v in metrics.items()}
                     for k, v in row.items():
@@ -437,9 +440,6 @@ class Runner:
                             )
                     sums[i] = row if sums[i] is None else {k: sums[i][k] + row[k] for k in row}
                     counters[i]["updates"] += t.updates_per_call
-                # The metrics above synchronised on the call; its temporaries are freed just
-                # after, and the next call must not allocate before (host_memory.settle).
-                host_memory.settle(in_use)
         # Each seed did calls * K updates in this wall time: the single run's per-seed figure.
         self.last_updates_per_second = calls * t.updates_per_call / (time.time() - t0)
         for i in on:

@@ -104,9 +104,8 @@ def _timed(fn, *args, repeats):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        in_use = host_memory.bytes_in_use()
-        jax.block_until_ready(fn(*args))
-        host_memory.settle(in_use)  # as the runner does between updates
+        with host_memory.settling():  # as the runner does between updates
+            jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -185,10 +184,9 @@ def run(flags):
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        in_use = host_memory.bytes_in_use()
-        state, metrics = train(state, batch)
-        jax.block_until_ready(metrics)
-        host_memory.settle(in_use)  # as the runner does between updates
+        with host_memory.settling():  # as the runner does between updates
+            state, metrics = train(state, batch)
+            jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t) / K)
     record = {
         "what": "train_step",
