@@ -62,6 +62,12 @@ def define_flags():
         True,
         "--what=reference: also time the released code with its dead decoders.",
     )
+    flags.DEFINE_bool(
+        "reference_parts",
+        True,
+        "--what=reference: then time both sides' image encoders alone (forward + weight "
+        "gradient), alternating, to split the gap between the convolutions and the rest.",
+    )
 
 
 # Benchmarks that build a model from --method/--size/--set (the others time environments).

@@ -11,6 +11,15 @@ machine's drift falls on all three alike. Prints a float32 GEMM's rate measured 
 process first, each side's median and range, and the ratios; the CPU target is
 `ratio_vs_no_decoders` <= 1.0 (ours by default, no preloaded allocator, no flags).
 
+With `--reference_parts` (the default), a second phase, once the update processes have
+ended (three TensorFlow processes and ours do not fit beside each other in 24 GB at the paper
+size), times each side's two image encoders alone the same way, alternating: the released
+`models.ConvEncoder`s (`reference_timing.py --part=encoders`) against our
+`train_step.encoders_part`, the gradient of the sum of squares of both embeddings with respect
+to their weights on the same B * T frames. Its record (`what: reference/encoders`) gives the
+encoders' ratio and the rest of the update's (update minus encoders on each side), so that a
+gap is placed with a measurement.
+
 TensorFlow's oneDNN kernels are its fast CPU path, but TF 2.15 turns them on by default only
 on CPUs with AVX-512-class features: on an AVX2 box the released code would run on Eigen's
 convolutions, 1.6x slower (BENCHMARKS.md "Channel-major encoders"). The reference processes
@@ -29,6 +38,7 @@ import jax
 import numpy as np
 
 from experiments.bench import train_step as ts
+from mummi_jax import host_memory, prng
 
 # The released code's best CPU path on any x86 box (module docstring).
 ONEDNN_DEFAULT = "1"
@@ -37,7 +47,7 @@ ONEDNN_DEFAULT = "1"
 class ReferenceProcess:
     """The released code's update in a TensorFlow process, one update per `step()`."""
 
-    def __init__(self, checkout, tf_python, size, decoders: bool):
+    def __init__(self, checkout, tf_python, size, decoders: bool, part: str = "update"):
         script = os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             "parity",
@@ -46,6 +56,8 @@ class ReferenceProcess:
         cmd = [tf_python, script, f"--checkout={checkout}", f"--size={size}"]
         if not decoders:
             cmd.append("--no_decoders")
+        if part != "update":
+            cmd.append(f"--part={part}")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         env.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
         self.proc = subprocess.Popen(
@@ -112,15 +124,17 @@ def run(flags):
         batch = jax.device_put(ts._batch(agent, spec, 1, cfg.train.batch, cfg.train.length))
         state = agent.init(jax.random.key(0))
         t0 = time.perf_counter()
-        state, metrics = agent.train(state, batch)
-        jax.block_until_ready(metrics)
+        with host_memory.settling():  # as the runner does between updates (host_memory)
+            state, metrics = agent.train(state, batch)
+            jax.block_until_ready(metrics)
         compile_s = time.perf_counter() - t0
 
         def ours():
             nonlocal state
             t = time.perf_counter()
-            state, m = agent.train(state, batch)
-            jax.block_until_ready(m)
+            with host_memory.settling():
+                state, m = agent.train(state, batch)
+                jax.block_until_ready(m)
             return time.perf_counter() - t
 
         ours()  # one more untimed call on each side: page faults of first use, caches
@@ -153,7 +167,54 @@ def run(flags):
         if "reference" in times:
             full = record["reference_seconds"]["median"]
             record["ratio_vs_released"] = record["ours_seconds"]["median"] / full
-        yield record
     finally:
         for side in sides.values():
             side.close()
+    yield record
+    if flags.reference_parts:
+        yield _encoders_phase(flags, size, repeats, agent, state, batch, record)
+
+
+def _encoders_phase(flags, size, repeats, agent, state, batch, update):
+    """Both sides' image encoders alone, alternating (module docstring); `update` is the
+    first phase's record, whose medians give the rest of each update."""
+    one = jax.tree.map(lambda x: x[0], batch)
+    fn, params, image_obs = ts.encoders_part(agent, state.params, jax.jit(agent.preprocess)(one))
+    compiled = prng.jit(fn).lower(params, image_obs).compile()
+
+    def ours():
+        t = time.perf_counter()
+        with host_memory.settling():
+            jax.block_until_ready(compiled(params, image_obs))
+        return time.perf_counter() - t
+
+    reference = ReferenceProcess(
+        flags.reference, flags.tf_python, size, decoders=False, part="encoders"
+    )
+    try:
+        ours()
+        reference.step()
+        times = {"reference_encoders": [], "ours_encoders": []}
+        for _ in range(repeats):
+            times["reference_encoders"].append(reference.step())
+            times["ours_encoders"].append(ours())
+    finally:
+        reference.close()
+    record = {"what": "reference/encoders", "size": size, "repeats": repeats}
+    for name, values in times.items():
+        record[f"{name}_seconds"] = _summary(values)
+    ref_enc = record["reference_encoders_seconds"]["median"]
+    ours_enc = record["ours_encoders_seconds"]["median"]
+    record["encoders_ratio"] = ours_enc / ref_enc
+    # The rest of the update: each side's update median (first phase) minus its encoders.
+    ref_rest = update["reference_no_decoders_seconds"]["median"] - ref_enc
+    ours_rest = update["ours_seconds"]["median"] - ours_enc
+    record.update(
+        reference_rest_seconds=ref_rest,
+        ours_rest_seconds=ours_rest,
+        rest_ratio=ours_rest / ref_rest,
+        # The share of the update's gap that the encoders account for.
+        encoders_share_of_gap=(ours_enc - ref_enc)
+        / (update["ours_seconds"]["median"] - update["reference_no_decoders_seconds"]["median"]),
+    )
+    return record

@@ -2,6 +2,7 @@
 `python -m experiments.benchmark --what=reference`.
 
     TFPYTHON -m experiments.parity.reference_timing --checkout=MuMMI --size=paper [--no_decoders]
+        [--part=update|encoders]
 
 Runs in the TensorFlow environment (`experiments/parity/__main__.py` says how to make one).
 Builds the released agent as released (float32; its `train` a `tf.function` under its
@@ -9,6 +10,12 @@ Builds the released agent as released (float32; its `train` a `tf.function` unde
 RGB, depth, touch, 28 % missing flags), with or without its dead conv decoders, runs the
 update once more, then answers each line `step` on stdin with one update's wall seconds on
 stdout (`seconds <s>`), so that the caller can alternate it with ours. `quit` ends it.
+
+`--part=encoders` times the released code's two image encoders alone instead (its
+`models.ConvEncoder` for RGB and depth, the gradient of the sum of squares of both embeddings
+with respect to their weights, on the batch's B * T frames): the part our
+`--what=train_step` calls "encoders", computed the same way, so that the two sides' gap can be
+split between the convolutions and the rest.
 """
 
 from __future__ import annotations
@@ -46,11 +53,42 @@ def raw_batch(B, T, seed=0) -> dict:
     return out
 
 
+def encoders_step(args, cfg):
+    """A function that runs the released encoders' forward + backward once (module
+    docstring); traced and run twice before it returns."""
+    tf, _, _, models, _ = reference_side.import_reference(args.checkout)
+    batch = cfg["first_batch"]
+    obs = {
+        "image": tf.constant(batch["image"].astype(np.float32) / 255.0 - 0.5),
+        "depth": tf.constant(batch["depth"]),
+    }
+    encoders = [
+        models.ConvEncoder(cfg["cnn_depth"], tf.nn.relu, modality=m) for m in ("image", "depth")
+    ]
+    for enc in encoders:
+        enc(obs)  # creates the variables
+    variables = [v for enc in encoders for v in enc.variables]
+
+    @tf.function
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = sum(tf.reduce_sum(tf.square(enc(obs))) for enc in encoders)
+        return tape.gradient(loss, variables)
+
+    def step():
+        for g in grads():
+            g.numpy()  # waits for the values, as ours waits with block_until_ready
+
+    step()
+    return step
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkout", required=True)
     parser.add_argument("--size", choices=sorted(SIZES), default="paper")
     parser.add_argument("--no_decoders", action="store_true", help="Drop the dead decoders.")
+    parser.add_argument("--part", choices=("update", "encoders"), default="update")
     args = parser.parse_args()
     # The reference prints as it builds and trains; our answers go to the real stdout alone.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -58,20 +96,26 @@ def main():
     cfg = dict(SIZES[args.size], action_dim=6)
     cfg["first_batch"] = raw_batch(cfg["batch"], cfg["length"])
     t = time.perf_counter()
-    *_, agent, _ = reference_side.build(
-        args, cfg, eager_rssm=False, dead_decoders=not args.no_decoders
-    )
+    if args.part == "encoders":
+        step = encoders_step(args, cfg)
+    else:
+        *_, agent, _ = reference_side.build(
+            args, cfg, eager_rssm=False, dead_decoders=not args.no_decoders
+        )
+
+        def step():
+            with agent._strategy.scope():
+                agent.train(next(agent._dataset))
+
     build_s = time.perf_counter() - t
     t = time.perf_counter()
-    with agent._strategy.scope():
-        agent.train(next(agent._dataset))  # the steady trace (the build traced the first)
+    step()  # the steady trace (the build traced the first)
     print(f"ready {build_s:.3f} {time.perf_counter() - t:.3f}", file=answer)
     for line in sys.stdin:
         if line.strip() != "step":
             break
         t = time.perf_counter()
-        with agent._strategy.scope():
-            agent.train(next(agent._dataset))
+        step()
         print(f"seconds {time.perf_counter() - t:.6f}", file=answer)
 
 
