@@ -44,6 +44,14 @@ def test_reference_process_speaks_the_protocol_and_closes(tmp_path):
     assert side.proc.returncode == 0
 
 
+def test_reference_process_that_does_not_quit_is_killed(tmp_path):
+    # TensorFlow can take minutes to exit at the paper size; the figures are read by then.
+    hangs = 'print("ready 1 1", flush=True)\nimport time\ntime.sleep(600)\n'
+    side = ref_bench.ReferenceProcess("checkout", _fake_python(tmp_path, hangs), "small", True)
+    side.close(grace=0.5)
+    assert side.proc.returncode is not None and side.proc.returncode < 0  # killed
+
+
 def test_reference_process_that_dies_is_a_clear_error(tmp_path):
     with pytest.raises(RuntimeError, match="did not start"):
         ref_bench.ReferenceProcess(

@@ -83,11 +83,18 @@ class ReferenceProcess:
         line = self._read()
         return float(line.split()[1])
 
-    def close(self):
+    def close(self, grace: float = 10.0):
+        """Asks the process to quit; kills it if it has not within `grace` seconds (at the
+        paper size TensorFlow can take over a minute to exit after its last update, and every
+        figure is read by then)."""
         if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=grace)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _summary(times):
