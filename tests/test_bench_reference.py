@@ -76,7 +76,7 @@ def test_encoders_phase_places_the_gap(tmp_path):
         "reference_no_decoders_seconds": {"median": 1.0},
         "ours_seconds": {"median": 1.5},
     }
-    record = ref_bench._encoders_phase(flags, "small", 3, agent, state, batch, update)
+    record = ref_bench._encoders_phase(flags, "small", 3, agent, state, batch, update, 100.0)
     assert record["what"] == "reference/encoders"
     assert record["reference_encoders_seconds"]["all"] == [0.125] * 3
     ours = record["ours_encoders_seconds"]["median"]
@@ -84,3 +84,7 @@ def test_encoders_phase_places_the_gap(tmp_path):
     assert record["encoders_ratio"] == pytest.approx(ours / 0.125)
     assert record["rest_ratio"] == pytest.approx((1.5 - ours) / (1.0 - 0.125))
     assert record["encoders_share_of_gap"] == pytest.approx((ours - 0.125) / 0.5)
+    flop = record["encoders_dot_gflop"]
+    assert flop > 0  # the convolutions' products, read from the compiled HLO
+    assert record["reference_encoders_of_gemm"] == pytest.approx(flop / 0.125 / 100.0)
+    assert record["ours_encoders_gflops"] == pytest.approx(flop / ours)

@@ -117,7 +117,8 @@ def run(flags):
     # Both sides at the parity harness's sizes: `tiny` times its `small` (B 4, T 8, small nets).
     size = "paper" if flags.size == "paper" else "small"
     repeats = flags.repeats or 5
-    yield {"what": "reference/gemm", "n": 2048, "gflops": ts.gemm_gflops()}
+    gemm = ts.gemm_gflops()
+    yield {"what": "reference/gemm", "n": 2048, "gflops": gemm}
 
     sides = {}
     sides["reference_no_decoders"] = ReferenceProcess(
@@ -179,12 +180,14 @@ def run(flags):
             side.close()
     yield record
     if flags.reference_parts:
-        yield _encoders_phase(flags, size, repeats, agent, state, batch, record)
+        yield _encoders_phase(flags, size, repeats, agent, state, batch, record, gemm)
 
 
-def _encoders_phase(flags, size, repeats, agent, state, batch, update):
+def _encoders_phase(flags, size, repeats, agent, state, batch, update, gemm):
     """Both sides' image encoders alone, alternating (module docstring); `update` is the
-    first phase's record, whose medians give the rest of each update."""
+    first phase's record, whose medians give the rest of each update; `gemm` the GFLOP/s of
+    a GEMM in this process, against which each side's encoder rate is given. Both sides
+    compute the same products, so our compiled encoders' dot FLOPs serve for both."""
     one = jax.tree.map(lambda x: x[0], batch)
     fn, params, image_obs = ts.encoders_part(agent, state.params, jax.jit(agent.preprocess)(one))
     compiled = prng.jit(fn).lower(params, image_obs).compile()
@@ -213,6 +216,11 @@ def _encoders_phase(flags, size, repeats, agent, state, batch, update):
     ref_enc = record["reference_encoders_seconds"]["median"]
     ours_enc = record["ours_encoders_seconds"]["median"]
     record["encoders_ratio"] = ours_enc / ref_enc
+    flop = ts.dot_gflop(compiled)
+    record["encoders_dot_gflop"] = flop
+    for side, seconds in (("reference", ref_enc), ("ours", ours_enc)):
+        record[f"{side}_encoders_gflops"] = flop / seconds
+        record[f"{side}_encoders_of_gemm"] = flop / seconds / gemm
     # The rest of the update: each side's update median (first phase) minus its encoders.
     ref_rest = update["reference_no_decoders_seconds"]["median"] - ref_enc
     ours_rest = update["ours_seconds"]["median"] - ours_enc
