@@ -179,11 +179,14 @@ def _mummi_loss(ctx: LossContext, modalities):
 
 
 def _mummi_b_loss(ctx: LossContext, modalities):
-    """MuMMI-b: one InfoNCE of g(s) against the fused mean, present if any modality is."""
+    """MuMMI-b: one InfoNCE of g(s) against b(x) = the mean of the fused PoE distribution
+    (MuMMI Sec. V, f_b), present if any modality is. The mean, not s^f: with
+    `model.poe=gaussian` (the paper fidelity) s^f is a sample of that distribution."""
     c = ctx.config.loss
     z = _flat(ctx.wm.apply(ctx.params, "g", ctx.feat))
     present = functools.reduce(jnp.maximum, [ctx.flags[m] for m in modalities])
-    loss = losses.mummi_nce(z, _flat(ctx.fused), _flat(present), c.nce_mask, c.nce_mean)
+    fused_mean, _ = ctx.wm.product(ctx.experts, ctx.flags)
+    loss = losses.mummi_nce(z, _flat(fused_mean), _flat(present), c.nce_mask, c.nce_mean)
     return ctx.weights["fused"] * loss, {"wm/nce/fused": loss}
 
 

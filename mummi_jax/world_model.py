@@ -174,18 +174,26 @@ class WorldModel:
         if not self.poe:
             return jnp.concatenate([embeds[m] for m in names], axis=-1), {}, key
         experts = self.experts(p, embeds)
-        means = jnp.stack([experts[m][0] for m in names])
-        stds = jnp.stack([experts[m][1] for m in names])
-        present = jnp.stack([flags[m] for m in names])
-        mean, std = product_of_experts(
-            means, stds, present, form=m_cfg.poe, prior_expert=m_cfg.poe_prior_expert
-        )
+        mean, std = self.product(experts, flags)
         if m_cfg.poe == "reference":
             fused = mean  # the released code feeds the fused mean deterministically
         else:
             key, sub = jax.random.split(key)
             fused = sample(sub, mean, std)
         return fused, experts, key
+
+    def product(self, experts: dict, flags: dict) -> tuple[jax.Array, jax.Array]:
+        """The PoE of the present experts (MuMMI eq. 11), `(mean, std)` each `(B, T, F)`:
+        `experts` `{m: (mean, std)}` from `experts()`, `flags` `{m: (B, T)}`. MuMMI-b's
+        density ratio reads this mean whether or not s^f is sampled from it."""
+        m_cfg = self.config.model
+        names = list(self.shapes)
+        means = jnp.stack([experts[m][0] for m in names])
+        stds = jnp.stack([experts[m][1] for m in names])
+        present = jnp.stack([flags[m] for m in names])
+        return product_of_experts(
+            means, stds, present, form=m_cfg.poe, prior_expert=m_cfg.poe_prior_expert
+        )
 
     def state_noise(self, key: jax.Array, lead: tuple, batch: int) -> jax.Array:
         """Standard-normal noise for RSSM samples, `(*lead, batch, S)`.

@@ -96,3 +96,37 @@ def test_the_built_in_objectives_sum_in_a_fixed_order():
     ]
     rep = {"image": "coral_v", "depth": "recon", "touch": "recon"}
     assert objectives.groups(rep) == {"recon": ["depth", "touch"], "coral_v": ["image"]}
+
+
+def test_mummi_b_reads_the_fused_mean_not_the_sampled_fused_state():
+    """f_b compares g(z) with the mean of the fused PoE distribution (MuMMI Sec. V). With the
+    paper fidelity s^f is a sample of it, and the loss must not read that sample."""
+    cfg = presets.make_config("mummi_b", "toy_position_camera", "tiny", "paper", overrides=TINY)
+    assert cfg.model.poe == "gaussian"
+    spec = toy_spec()
+    agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
+    wm = agent.init(jax.random.key(0)).params["wm"]
+    batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
+    obs = agent.preprocess(batch)
+    flags = {m: obs[f"{m}_flag"] for m in agent.modalities}
+    flags["camera"] = jnp.asarray(flags["camera"]).at[:, ::2].set(0.0)  # some experts dropped
+    embeds = agent.nets.encode(wm, obs)
+    fused, experts, _ = agent.nets.fuse(wm, embeds, flags, jax.random.key(1))
+    mean, _ = agent.nets.product(experts, flags)
+    assert not np.allclose(fused, mean)  # s^f is a sample here
+    feat = jax.random.normal(jax.random.key(2), (4, 6, agent.nets.feat_size))
+    ctx = objectives.LossContext(
+        params=wm, wm=agent.nets, obs=obs, flags=flags, embeds=embeds, fused=fused,
+        experts=experts, post={}, prior={}, feat=feat, weights={"fused": 1.0}, config=cfg,
+        key=jax.random.key(3),
+    )  # fmt: skip
+    loss, metrics = objectives.OBJECTIVES["mummi_b"].loss(ctx, agent.modalities)
+    z = agent.nets.apply(wm, "g", feat).reshape(24, -1)
+    present = jnp.maximum(flags["position"], flags["camera"]).reshape(24)
+    c = cfg.loss
+    want = objectives.losses.mummi_nce(z, mean.reshape(24, -1), present, c.nce_mask, c.nce_mean)
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    other, _ = objectives.OBJECTIVES["mummi_b"].loss(
+        ctx._replace(fused=fused + 5.0), agent.modalities
+    )
+    np.testing.assert_allclose(other, loss, rtol=1e-6)  # the sample is not read
