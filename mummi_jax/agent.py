@@ -110,6 +110,32 @@ def _batch_key_spec(obs_spec, modalities, action_dim):
     return spec
 
 
+def drop_modalities(key: jax.Array, flags: dict, modalities, rate: float) -> dict:
+    """MSSM-e's random modality drops (MuMMI Sec. VI, after MVAE's subset training [3]):
+    each present modality of each step is dropped with probability `rate`, never all the
+    present ones: where every present modality was drawn for dropping, one of them, chosen
+    uniformly, is kept. A step with none present stays empty.
+
+    Args:
+      key: PRNG key. flags: `{m: (B, T)}` presence (1 present, 0 missing).
+      modalities: the names, in the task's order. rate: the drop probability.
+
+    Returns:
+      `{m: (B, T)}` flags after the drops (float, as given).
+    """
+    keys = jax.random.split(key, len(modalities))
+    kept = {
+        m: jax.random.bernoulli(k, 1.0 - rate, flags[m].shape)
+        for m, k in zip(modalities, keys, strict=True)
+    }
+    present = jnp.stack([flags[m] > 0 for m in modalities])  # (M, B, T)
+    survived = jnp.any(present & jnp.stack([kept[m] for m in modalities]), axis=0)
+    # Folded in, not split off, so that the drop draws above keep their keys.
+    u = jax.random.uniform(jax.random.fold_in(key, len(modalities)), present.shape)
+    choice = jnp.argmax(jnp.where(present, u, -1.0), axis=0)  # a present modality, uniformly
+    return {m: flags[m] * (kept[m] | (~survived & (choice == i))) for i, m in enumerate(modalities)}
+
+
 class Agent:
     """Builds one model from a resolved config and an environment's specs.
 
@@ -458,16 +484,7 @@ class Agent:
         obs = self.preprocess(batch, k_crop, obs_norm)
         flags = {m: obs[f"{m}_flag"] for m in self.modalities}
         if c.loss.modality_drop > 0:
-            # MSSM-e: drop each present modality at random, never all of them (MuMMI Sec. VI).
-            keys = jax.random.split(k_drop, len(self.modalities))
-            kept = {
-                m: jax.random.bernoulli(k, 1.0 - c.loss.modality_drop, flags[m].shape)
-                for m, k in zip(self.modalities, keys, strict=True)
-            }
-            any_kept = functools.reduce(jnp.logical_or, kept.values())
-            first = self.modalities[0]
-            kept[first] = jnp.logical_or(kept[first], ~any_kept)
-            flags = {m: flags[m] * kept[m] for m in self.modalities}
+            flags = drop_modalities(k_drop, flags, self.modalities, c.loss.modality_drop)
         embeds = nets.encode(wm_params, obs)  # {m: (B, T, E)}
         fused, experts, k_obs = nets.fuse(wm_params, embeds, flags, k_obs)
         actions = batch["action"].astype(jnp.float32)

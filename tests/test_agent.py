@@ -14,7 +14,7 @@ from dm_env import specs
 
 from mummi_jax import config as C
 from mummi_jax import presets
-from mummi_jax.agent import Agent, get_path, optimizer_paths
+from mummi_jax.agent import Agent, drop_modalities, get_path, optimizer_paths
 from mummi_jax.parallel import SeedParallel
 
 
@@ -123,19 +123,25 @@ def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
     assert int(run.states(state)[0].step) == 200
     # The world-model loss on this fixed batch falls clearly: its excess over the floor
     # that no model can beat (free nats, unit-variance Gaussian constants) drops by 25 %.
-    floor = _loss_floor(cfg, agent, one)
+    floor = _loss_floor(cfg, agent, first, jax.random.key(7))
     assert losses[-1] - floor < 0.75 * (losses[0] - floor), (method, floor, losses)
 
 
-def _loss_floor(cfg, agent, batch):
+def _loss_floor(cfg, agent, batch, key):
+    """The world-model loss no model can beat on `batch` `(B, T, ...)` with the loss's `key`:
+    free nats, and unit-variance Gaussian constants of the reward and of every observation
+    the reconstruction terms see (after MSSM-e's drops, drawn as the loss draws them)."""
     half_log_2pi = 0.5 * np.log(2 * np.pi)
     floor = cfg.loss.kl_scale * cfg.loss.free_nats + half_log_2pi  # KL + reward
     weights = cfg.loss_weights(agent.modalities)
+    flags = {m: batch[f"{m}_flag"].astype(np.float32) for m in agent.modalities}
+    if cfg.loss.modality_drop > 0:
+        k_drop = jax.random.split(key, 3)[0]  # as Agent._world_model_loss splits it
+        flags = drop_modalities(k_drop, flags, agent.modalities, cfg.loss.modality_drop)
     for m, loss in agent.rep.items():
         if loss == "recon":
-            dims = int(np.prod(batch[m].shape[3:]))
-            present = batch[f"{m}_flag"].mean() * (1.0 - cfg.loss.modality_drop)
-            floor += weights[m] * half_log_2pi * dims * present
+            dims = int(np.prod(batch[m].shape[2:]))
+            floor += weights[m] * half_log_2pi * dims * float(np.mean(flags[m]))
     return floor
 
 
@@ -307,3 +313,35 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
     m32, m16 = train(a32), train(a16)
     for k in ("wm/loss", "wm/recon/camera", "wm/kl"):
         assert np.isfinite(m16[k][0]) and m16[k][0] == pytest.approx(m32[k][0], rel=0.05), k
+
+
+def test_mssm_e_drops_never_leave_a_step_without_its_present_modalities():
+    """MSSM-e drops each present modality at random but never every present one (MuMMI
+    Sec. VI). The old rule counted a missing modality's draw as a survivor, so a step whose
+    only present modality was dropped went empty (5 % of steps at the reference's missing
+    rates)."""
+    mods = ("image", "depth", "touch")
+    shape = (64, 50)
+    only_depth = {"image": np.zeros(shape), "depth": np.ones(shape), "touch": np.zeros(shape)}
+    out = drop_modalities(jax.random.key(0), only_depth, mods, 0.99)
+    np.testing.assert_array_equal(out["depth"], 1.0)  # the only present one is always kept
+    assert float(out["image"].sum() + out["touch"].sum()) == 0.0  # missing stays missing
+
+    rng = np.random.default_rng(0)
+    flags = {m: (rng.uniform(size=shape) > 0.28).astype(np.float32) for m in mods}
+    out = drop_modalities(jax.random.key(1), flags, mods, 0.2)
+    before = np.stack([flags[m] for m in mods]).sum(0)
+    after = np.stack([np.asarray(out[m]) for m in mods]).sum(0)
+    assert np.all(after[before > 0] >= 1) and np.all(after[before == 0] == 0)
+    for m in mods:
+        assert np.all(np.asarray(out[m]) <= flags[m])  # only drops, never additions
+    # Each present modality is dropped at about the rate, less the few steps restored.
+    dropped = 1 - sum(float(np.asarray(out[m]).sum()) for m in mods) / float(before.sum())
+    assert 0.15 < dropped < 0.2, dropped
+
+    # Where all three were drawn for dropping, the one kept is chosen uniformly.
+    all_present = {m: np.ones((200, 100)) for m in mods}
+    out = drop_modalities(jax.random.key(2), all_present, mods, 0.95)
+    shares = [float(np.asarray(out[m]).mean()) for m in mods]
+    assert np.all(np.stack([np.asarray(out[m]) for m in mods]).sum(0) >= 1)
+    assert max(shares) - min(shares) < 0.03, shares  # about 0.05 + 0.95^3 / 3 each
