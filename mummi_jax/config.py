@@ -201,7 +201,8 @@ class LossConfig:
     representation: str = "mummi"
     # Per-modality weights lambda^m (eq. 17); modalities not named get 1.
     weights: str = "image=1,depth=1,touch=0.001"
-    # "reference": missing columns get -100; "exact": excluded
+    # "reference": each method's released code (MuMMI: missing columns get -100; CVRL: no
+    # mask at all, with nce_mean="all_rows"); "exact": missing columns excluded
     nce_mask: Literal["reference", "exact"] = "reference"
     nce_mean: Literal["all_rows", "present_rows"] = "all_rows"  # all_rows: the reference's
     free_nats: NonNegative = 3.0

@@ -163,22 +163,25 @@ def mummi_nce(z, x, mask, mask_mode="reference", mean_mode="all_rows"):
     return _nce(logits, mask, mask, mask_mode, mean_mode)
 
 
-def cvrl_nce(z, x, mask=None, bilinear=None):
+def cvrl_nce(z, x, mask=None, bilinear=None, mask_mode="exact", mean_mode="present_rows"):
     """CVRL's InfoNCE (CVRL Sec. 3.1, eq. 5) with the score `f = exp(z_i^T W x_j)`.
 
     Args:
       z: `(N, H)` state-side head outputs (rows).
       x: `(N, H)` observation-side head outputs (columns; the softmax runs over them).
       mask: `(N,)` presence or None. The released code masks nothing (a missing step's
-        positive is its blank input), and the agent passes None to reproduce it; a mask
-        selects exact masking with the mean over present rows.
+        positive is its blank input), and the agent passes None to reproduce it.
       bilinear: `(H, H)` matrix W of the paper's form, or None for the released code's plain
         dot product (its W is folded into the last dense layers). The paper writes
         `o^T W s` with the observation first; here the state is first, which only
         transposes the learned W.
+      mask_mode: with a mask, `"exact"` excludes missing columns; `"reference"` leaves the
+        columns unmasked (CVRL's released code has no column mask) and masks rows only.
+      mean_mode: with a mask, `"present_rows"` or `"all_rows"` (module docstring).
     """
     logits = (z @ bilinear @ x.T) if bilinear is not None else z @ x.T
-    return _nce(logits, mask, mask, "exact", "present_rows")
+    col_mask = mask if mask_mode == "exact" else None
+    return _nce(logits, mask, col_mask, "exact", mean_mode)
 
 
 def coral_nce(o, z, temp, mask=None):

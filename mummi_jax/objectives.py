@@ -206,12 +206,18 @@ def _cvrl_loss(ctx: LossContext, modalities):
     x = jnp.concatenate([ctx.embeds[m] for m in modalities], axis=-1)
     zs, xs = ctx.wm.apply(ctx.params, "cvrl", ctx.feat, x)
     present = functools.reduce(jnp.maximum, [ctx.flags[m] for m in modalities])
-    # The released CVRL code masks nothing: a missing step's positive is a blank input.
-    mask = None if ctx.config.fidelity == "reference" else _flat(present)
+    c = ctx.config.loss
+    # The released CVRL code masks nothing (a missing step's positive is a blank input):
+    # that is what the reference options mean here; any other choice masks by presence.
+    unmasked = c.nce_mask == "reference" and c.nce_mean == "all_rows"
+    mask = None if unmasked else _flat(present)
     # The paper's form has an explicit W; the released one folds it into the last layers.
     paper = ctx.config.model.cvrl_head == "paper"
     bilinear = ctx.params["cvrl"]["params"].get("bilinear") if paper else None
-    loss = losses.cvrl_nce(_flat(zs), _flat(xs), mask=mask, bilinear=bilinear)
+    loss = losses.cvrl_nce(
+        _flat(zs), _flat(xs), mask=mask, bilinear=bilinear, mask_mode=c.nce_mask,
+        mean_mode=c.nce_mean,
+    )  # fmt: skip
     return loss, {"wm/nce/concat": loss}
 
 

@@ -130,3 +130,40 @@ def test_mummi_b_reads_the_fused_mean_not_the_sampled_fused_state():
         ctx._replace(fused=fused + 5.0), agent.modalities
     )
     np.testing.assert_allclose(other, loss, rtol=1e-6)  # the sample is not read
+
+
+def test_cvrl_honours_the_nce_mask_options():
+    """CVRL's InfoNCE follows `loss.nce_mask` / `loss.nce_mean` (it followed the fidelity
+    name, so a user's `--set` was silently ignored): the reference values leave it unmasked,
+    as released; `exact` + `present_rows` mask missing steps."""
+    spec = toy_spec()
+    ctxs, losses_ = {}, {}
+    for name, over in (
+        ("reference", []),
+        ("exact", ["loss.nce_mask=exact", "loss.nce_mean=present_rows"]),
+    ):
+        cfg = presets.make_config("cvrl", "toy_position_camera", "tiny", overrides=[*TINY, *over])
+        agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
+        wm = agent.init(jax.random.key(0)).params["wm"]
+        batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
+        obs = agent.preprocess(batch)
+        flags = {m: obs[f"{m}_flag"] for m in agent.modalities}
+        flags = {m: jnp.asarray(f).at[:, ::3].set(0.0) for m, f in flags.items()}
+        embeds = agent.nets.encode(wm, obs)
+        feat = jax.random.normal(jax.random.key(2), (4, 6, agent.nets.feat_size))
+        ctx = objectives.LossContext(
+            params=wm, wm=agent.nets, obs=obs, flags=flags, embeds=embeds, fused=None,
+            experts={}, post={}, prior={}, feat=feat, weights={}, config=cfg,
+            key=jax.random.key(3),
+        )  # fmt: skip
+        losses_[name], _ = objectives.OBJECTIVES["bilinear_nce"].loss(ctx, agent.modalities)
+        ctxs[name] = ctx
+    ctx = ctxs["exact"]  # same parameters and inputs on both sides
+    x = jnp.concatenate([ctx.embeds[m] for m in ("position", "camera")], axis=-1)
+    zs, xs = ctx.wm.apply(ctx.params, "cvrl", ctx.feat, x)
+    zs, xs = zs.reshape(24, -1), xs.reshape(24, -1)
+    present = jnp.maximum(ctx.flags["position"], ctx.flags["camera"]).reshape(24)
+    np.testing.assert_allclose(losses_["reference"], objectives.losses.cvrl_nce(zs, xs), rtol=1e-5)
+    want = objectives.losses.cvrl_nce(zs, xs, mask=present)
+    np.testing.assert_allclose(losses_["exact"], want, rtol=1e-5)
+    assert abs(float(losses_["exact"]) - float(losses_["reference"])) > 1e-4
