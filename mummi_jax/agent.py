@@ -771,7 +771,13 @@ class Agent:
             else:
                 d = dist.actor_distribution(self.nets.actor.apply(params["actor"], feat))
             if b.planner == "latent_mpc":
-                # Starts from an actor sample in training and evaluation (reference §5.4).
+                # Starts from an actor sample in training and evaluation (reference §5.4),
+                # or in evaluation from the action `eval_mode` names (Dreamer's mode).
+                first = None
+                if b.eval_mode != "sample":
+                    sampled = d.sample(k_act)
+                    det = d.deterministic() if b.eval_mode == "mean" else d.mode(k_act)
+                    first = jnp.where(training, sampled, det)
                 action = mpc.plan(
                     self._img_step(wm),
                     functools.partial(self._actor_sample, params["actor"]),
@@ -785,6 +791,7 @@ class Agent:
                     gamma=b.gamma,
                     lam=b.lam,
                     first_action_only=b.mpc_first_action_only,
+                    first_action=first,
                 )
             else:
                 action = d.sample(k_act)

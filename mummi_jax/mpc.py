@@ -76,6 +76,7 @@ def optimize_actions(
     first_action_only: bool = True,
     *,
     feat_fn: Callable[[Pytree], jax.Array] = features,
+    first_action: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Latent-guided MPC, returning the whole action sequence (see `plan`).
 
@@ -90,7 +91,7 @@ def optimize_actions(
     start_state = jax.tree.map(lax.stop_gradient, start_state)
     init_key, iter_key = jax.random.split(key)
     k_a0, k_step = jax.random.split(init_key)
-    a0 = policy_fn(feat_fn(start_state), k_a0)  # (N, A)
+    a0 = policy_fn(feat_fn(start_state), k_a0) if first_action is None else first_action
 
     def actor_rollout(a0, rollout_key):
         """s_1 = step(s_0, a_0); later actions from the actor: states (H, ...), actions (H-1)."""
@@ -158,6 +159,7 @@ def plan(
     *,
     feat_fn: Callable[[Pytree], jax.Array] = features,
     clip: bool = False,
+    first_action: jax.Array | None = None,
 ) -> jax.Array:
     """The improved first action `(N, A)` for N filtered latents (CVRL Sec. 3.3; ref. §5.4).
 
@@ -173,6 +175,8 @@ def plan(
         from the actor on each rollout; False optimises the whole H-step sequence.
       clip: clip the returned action to [-1, 1]. The reference does not (exploration noise
         is added and clipped afterwards, and the env clamps).
+      first_action: `(N, A)` a_0 to start from instead of an actor sample (an evaluation
+        that acts from the actor's mode, `behavior.eval_mode`), or None.
 
     Returns:
       `(N, A)` action.
@@ -191,6 +195,7 @@ def plan(
         lam,
         first_action_only,
         feat_fn=feat_fn,
+        first_action=first_action,
     )
     action = actions[0]
     return jnp.clip(action, -1.0, 1.0) if clip else action

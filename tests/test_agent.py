@@ -345,3 +345,29 @@ def test_mssm_e_drops_never_leave_a_step_without_its_present_modalities():
     shares = [float(np.asarray(out[m]).mean()) for m in mods]
     assert np.all(np.stack([np.asarray(out[m]) for m in mods]).sum(0) >= 1)
     assert max(shares) - min(shares) < 0.03, shares  # about 0.05 + 0.95^3 / 3 each
+
+
+def test_dreamer_with_mpc_evaluates_from_the_actor_mode():
+    """`behavior.eval_mode` applies under the MPC planner too: Dreamer at the paper fidelity
+    (latent MPC, eval_mode "mode") starts evaluation's MPC from the actor's mode. With no
+    gradient step (mpc_iters=0) MPC returns its start, so the agent acts as without a
+    planner, from the same parameters, observations and key, in evaluation and collection."""
+    over = [*TINY, "behavior.mpc_iters=0", "behavior.expl_noise=0"]
+    spec = toy_spec()
+    acts = {}
+    for planner in ("latent_mpc", "none"):
+        cfg = presets.make_config(
+            "dreamer", "toy_position_camera", "tiny", "paper",
+            overrides=[*over, f"behavior.planner={planner}"],
+        )  # fmt: skip
+        assert cfg.behavior.eval_mode == "mode"
+        agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
+        state = agent.init(jax.random.key(0))
+        obs = {k: v[0, :, 0] for k, v in fixed_batch(agent, spec, 1, 3, 1).items()}
+        obs["is_first"] = np.ones((3,), np.float32)
+        acts[planner] = [
+            np.asarray(agent.act(state, agent.initial_carry(3), obs, jax.random.key(5), t)[0])
+            for t in (False, True)
+        ]
+    for with_mpc, without in zip(acts["latent_mpc"], acts["none"], strict=True):
+        np.testing.assert_allclose(with_mpc, without, atol=1e-6)
