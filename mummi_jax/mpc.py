@@ -2,7 +2,8 @@
 
 Used by MuMMI and CVRL when acting (MuMMI app. A; reference-code.md §5.4, §10 item 22):
 
-1. a_0 ~ pi(.|s_0) (an actor sample, also in evaluation);
+1. a_0 ~ pi(.|s_0) (an actor sample, also in evaluation; `first_action` gives another start,
+   e.g. the actor's mode where `behavior.eval_mode` says so);
 2. roll out H imagined steps s_1 .. s_H; later actions come from the actor (stop-gradient
    inputs), or, with `first_action_only=False`, from a sequence being optimised;
 3. score J = R_1, the lambda-return of the first imagined state (`behavior.lambda_return`
