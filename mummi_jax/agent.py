@@ -770,14 +770,16 @@ class Agent:
                 d = dist.actor_distribution(raw, **self._sac_std)
             else:
                 d = dist.actor_distribution(self.nets.actor.apply(params["actor"], feat))
+            # Collection samples; evaluation acts as `behavior.eval_mode` says (CoRAL evaluates
+            # tanh(mean), coral.md §5.4; Dreamer the mode).
+            action = d.sample(k_act)
+            if b.eval_mode == "mean":
+                action = jnp.where(training, action, d.deterministic())
+            elif b.eval_mode != "sample":
+                action = jnp.where(training, action, d.mode(k_act))
             if b.planner == "latent_mpc":
-                # Starts from an actor sample in training and evaluation (reference §5.4),
-                # or in evaluation from the action `eval_mode` names (Dreamer's mode).
-                first = None
-                if b.eval_mode != "sample":
-                    sampled = d.sample(k_act)
-                    det = d.deterministic() if b.eval_mode == "mean" else d.mode(k_act)
-                    first = jnp.where(training, sampled, det)
+                # MPC starts from an actor sample of its own in training and evaluation
+                # (reference §5.4), or from the action above where eval_mode is not "sample".
                 action = mpc.plan(
                     self._img_step(wm),
                     functools.partial(self._actor_sample, params["actor"]),
@@ -791,14 +793,8 @@ class Agent:
                     gamma=b.gamma,
                     lam=b.lam,
                     first_action_only=b.mpc_first_action_only,
-                    first_action=first,
+                    first_action=None if b.eval_mode == "sample" else action,
                 )
-            else:
-                action = d.sample(k_act)
-                if b.eval_mode == "mean":  # CoRAL evaluates tanh(mean) (coral.md §5.4)
-                    action = jnp.where(training, action, d.deterministic())
-                elif b.eval_mode != "sample":
-                    action = jnp.where(training, action, d.mode(k_act))
             if b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
                 noise = b.expl_noise * jax.random.normal(k_noise, action.shape)
                 action = action + jnp.where(training, noise, 0.0)
