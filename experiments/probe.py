@@ -82,11 +82,14 @@ def _mean_r2(x, y, half):
     return float(np.mean(per_dim))
 
 
-def poe_shares(stds: dict, form: str, present: dict | None = None) -> dict:
+def poe_shares(
+    stds: dict, form: str, present: dict | None = None, prior_expert: bool = False
+) -> dict:
     """Each expert's share of the PoE weight (MuMMI eq. 11; `distributions.poe_weights`,
     the weights the fusion uses), `{m: (..., D)}`. A missing expert (`present[m]` `(...)`
-    0) has share 0; where every expert is missing all shares are 0, else they sum to 1. A
-    share near 1 means that expert alone decides s^f."""
+    0) has share 0; where every expert is missing all shares are 0, else they sum to 1
+    (less than 1 with `prior_expert`, the gaussian form's N(0, I) expert of weight 1,
+    `model.poe_prior_expert`). A share near 1 means that expert alone decides s^f."""
     import jax.numpy as jnp
 
     from mummi_jax import distributions
@@ -100,7 +103,7 @@ def poe_shares(stds: dict, form: str, present: dict | None = None) -> dict:
         [jnp.broadcast_to(1.0 if present is None else present[m], lead) for m in names]
     )
     weights = distributions.poe_weights(stacked, flags, form)
-    total = jnp.sum(weights, axis=0)
+    total = jnp.sum(weights, axis=0) + (1.0 if prior_expert and form == "gaussian" else 0.0)
     safe = jnp.where(total > 0, total, 1.0)
     return {m: weights[i] / safe for i, m in enumerate(names)}
 
@@ -201,7 +204,8 @@ def probe(
         experts = aux["experts"] or {}
         means = {m: v[0] for m, v in experts.items()}
         flags = {m: batch[f"{m}_flag"] for m in experts}
-        shares = poe_shares({m: v[1] for m, v in experts.items()}, config.model.poe, flags)
+        stds = {m: v[1] for m, v in experts.items()}
+        shares = poe_shares(stds, config.model.poe, flags, config.model.poe_prior_expert)
         return feat, reward, imagined, means, shares, aux["fused"]
 
     feat, reward, imagined, experts, shares, fused = jax.device_get(

@@ -155,12 +155,14 @@ def variance_ratio(stds: dict) -> dict:
     return out
 
 
-def poe_weight_share(stds: dict, form: str) -> dict:
+def poe_weight_share(stds: dict, form: str, prior_expert: bool = False) -> dict:
     """`{m: mean_{n,d} w^m / sum_k w^k}`, w = 1/sigma (`reference` PoE, the released code's
-    fusion) or 1/sigma^2 (`gaussian`); `stds`: `{m: (N, F)}` (MuMMI eq. 11 weights)."""
+    fusion) or 1/sigma^2 (`gaussian`); `stds`: `{m: (N, F)}` (MuMMI eq. 11 weights). With
+    `prior_expert` (gaussian only, `model.poe_prior_expert`) the N(0, I) expert's weight 1
+    is in the sum, so the shares add up to less than 1."""
     power = 1.0 if form == "reference" else 2.0
     w = {m: np.asarray(s, np.float64) ** -power for m, s in stds.items()}
-    total = sum(w.values())
+    total = sum(w.values()) + (1.0 if prior_expert and form == "gaussian" else 0.0)
     return {m: float(np.mean(v / total)) for m, v in w.items()}
 
 
@@ -175,7 +177,9 @@ def pca_2d(points):
     return lambda x: (np.asarray(x, np.float64) - centre) @ axes
 
 
-def analyse(experts: dict, positions, n_train: int, poe_form: str) -> dict:
+def analyse(
+    experts: dict, positions, n_train: int, poe_form: str, prior_expert: bool = False
+) -> dict:
     """Every metric of the module docstring for one trained model.
 
     `experts`: `{m: (mean, std)}`, each `(N, F)`; `positions`: `(N, 2)` true positions;
@@ -186,7 +190,7 @@ def analyse(experts: dict, positions, n_train: int, poe_form: str) -> dict:
     stds = {m: sd for m, (_, sd) in experts.items()}
     dist = expert_distance(means)
     var = variance_ratio(stds)
-    share = poe_weight_share(stds, poe_form)
+    share = poe_weight_share(stds, poe_form, prior_expert)
     out = {}
     for m, mu in means.items():
         r2, per_dim = linear_r2(
@@ -263,7 +267,7 @@ def train_world_model(agent, episodes, steps, seed, bar=None):
     return state, metrics
 
 
-def fused_r2(experts, positions, n_train, form):
+def fused_r2(experts, positions, n_train, form, prior_expert=False):
     """R^2 of the position from the PoE-fused mean of all experts (eq. 11)."""
     import jax.numpy as jnp
 
@@ -271,7 +275,8 @@ def fused_r2(experts, positions, n_train, form):
 
     means = jnp.stack([mu for mu, _ in experts.values()])
     stds = jnp.stack([sd for _, sd in experts.values()])
-    mean, _ = product_of_experts(means, stds, jnp.ones(means.shape[:2]), form=form)
+    present = jnp.ones(means.shape[:2])
+    mean, _ = product_of_experts(means, stds, present, form=form, prior_expert=prior_expert)
     mean = np.asarray(mean)
     return linear_r2(mean[:n_train], positions[:n_train], mean[n_train:], positions[n_train:])[0]
 
@@ -347,12 +352,13 @@ def run(
             agent = Agent(config, env.observation_spec(), env.action_spec())
             # The same model before training: how much a random encoder already decodes.
             untrained = agent.expert_posteriors(agent.init(seed_key(seed)), obs)
-            baseline[method] = analyse(untrained, positions, n_train, config.model.poe)
+            poe = (config.model.poe, config.model.poe_prior_expert)
+            baseline[method] = analyse(untrained, positions, n_train, *poe)
             state, loss[method] = train_world_model(agent, train_eps, steps, seed, bar)
             experts = agent.expert_posteriors(state, obs)
             experts_by_method[method] = experts
-            results[method] = analyse(experts, positions, n_train, config.model.poe)
-            fused[method] = fused_r2(experts, positions, n_train, config.model.poe)
+            results[method] = analyse(experts, positions, n_train, *poe)
+            fused[method] = fused_r2(experts, positions, n_train, *poe)
             summary["wall_s"][f"{task}/{method}"] = round(time.time() - t0, 1)
         env.close()
         summary["variants"][task] = results

@@ -236,12 +236,21 @@ class Agent:
             params, targets, self.init_opt_state(params), k_state, jnp.zeros((), jnp.int32)
         )
 
+    def param_path(self, path: tuple[str, ...]) -> tuple[str, ...]:
+        """The `params` subtree that the optimiser at `path` steps: the same path, except
+        CVRL's separate SAC optimizer (`optim.sac_actor_optimizer=separate`), kept at
+        `("sac", "actor")` beside the critic's and stepping the imagination actor."""
+        if path == ("sac", "actor") and self.config.behavior.learner != "sac":
+            return ("actor",)
+        return path
+
     def init_opt_state(self, params: dict) -> dict:
-        """Fresh optimiser states for `params` (`TrainState.opt_state`'s layout)."""
+        """Fresh optimiser states for `params` (`TrainState.opt_state`'s layout: keyed by
+        optimiser path, each state shaped like the subtree at `param_path`)."""
         opt_state = {}
         for path in optimizer_paths(self.optimizers):
             opt = get_path(self.optimizers, path)
-            opt_state = set_path(opt_state, path, opt.init(get_path(params, path)))
+            opt_state = set_path(opt_state, path, opt.init(get_path(params, self.param_path(path))))
         return opt_state
 
     @property
@@ -294,7 +303,9 @@ class Agent:
             # behaviour (critic at optim.clip, alpha unclipped).
             critic_clip = o.sac_critic_clip or o.clip
             sac_opts = {"critic": optim.clipped_adam(o.sac_lr, o.eps, critic_clip, o.adam)}
-            if b.learner == "sac":
+            if b.learner == "sac" or o.sac_actor_optimizer == "separate":
+                # CoRAL's own actor, or CVRL's SAC optimizer over the imagination actor
+                # (app. B); `param_path` says which parameters it steps.
                 sac_opts["actor"] = adam(o.sac_lr)
             if o.alpha_clip > 0:
                 sac_opts["log_alpha"] = optim.clipped_adam(o.sac_lr, o.eps, o.alpha_clip, o.adam)
@@ -570,8 +581,12 @@ class Agent:
 
         def loss(actor_params, value_params):
             policy = functools.partial(self._actor_sample_from_noise, actor_params)
-            states, _ = behavior.imagine(self._img_step_from_noise(wm), policy, starts, inputs)
-            feats = behavior.features(states)  # (H, N, F)
+            # Eq. 18 sums V_lambda from the start state on; the released code starts at s_1.
+            eq18 = b.actor_objective == "sum"
+            states, _ = behavior.imagine(
+                self._img_step_from_noise(wm), policy, starts, inputs, include_start=eq18
+            )
+            feats = behavior.features(states)  # (H, N, F), or (H + 1, N, F) with the start
             entropy = None
             if b.actor_entropy > 0:
                 raw = self.nets.actor.apply(actor_params, jax.lax.stop_gradient(feats))
@@ -586,6 +601,7 @@ class Agent:
                 slow_value_params=targets.get("value"),
                 entropy=entropy,
                 entropy_coef=b.actor_entropy,
+                discount_weighted=not eq18,
             )
             metrics = {**metrics, "actor/loss": a_loss, "value/loss": v_loss}
             return a_loss + v_loss, (metrics, feats)
@@ -682,7 +698,7 @@ class Agent:
             g, m = self._sac_grads(params, targets, post, batch, k_sac)
             metrics.update(m)
             grads["sac"] = {"critic": g["critic"], "log_alpha": g["log_alpha"]}
-            if b.learner == "sac":
+            if b.learner == "sac" or self.config.optim.sac_actor_optimizer == "separate":
                 grads["sac"]["actor"] = g["actor"]
             else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
                 grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])
@@ -712,12 +728,14 @@ class Agent:
         for path in optimizer_paths(self.optimizers):
             if not has_path(grads, path):  # e.g. a planner's actor-critic without a learner
                 continue
-            online = get_path(params, path)
+            # Both of CVRL's actor optimizers read the same snapshot's gradients; applied one
+            # after the other, their steps add (Adam and the clip ignore `online`).
+            online = get_path(params, self.param_path(path))
             updates, new = get_path(self.optimizers, path).update(
                 get_path(grads, path), get_path(opt_state, path), online
             )
             opt_state = set_path(opt_state, path, new)
-            params = set_path(params, path, optax.apply_updates(online, updates))
+            params = set_path(params, self.param_path(path), optax.apply_updates(online, updates))
         # Each target towards its online network as updated (sac.polyak_update's form).
         for path, decay in self.target_decays.items():
             moved = behavior.ema_update(get_path(targets, path), get_path(params, path), decay)
@@ -794,6 +812,7 @@ class Agent:
                     lam=b.lam,
                     first_action_only=b.mpc_first_action_only,
                     first_action=None if b.eval_mode == "sample" else action,
+                    objective=b.mpc_objective,
                 )
             if b.expl_noise > 0:  # none on CoRAL's SAC samples (coral.md §4.1)
                 noise = b.expl_noise * jax.random.normal(k_noise, action.shape)

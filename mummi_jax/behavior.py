@@ -193,6 +193,7 @@ def actor_value_losses(
     slow_value_params: Pytree | None = None,
     entropy: jax.Array | None = None,
     entropy_coef: float = 0.0,
+    discount_weighted: bool = True,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Dreamer v1 actor and value losses on imagined features (MuMMI eq. 18; ref. §5.3).
 
@@ -203,6 +204,10 @@ def actor_value_losses(
       value loss = mean_{k,n} w_k * 0.5 (v(sg(s_k)) - sg(R_k))^2
 
     The value loss has the same gradients as the reference's -log N(sg(R); v, 1).
+
+    With `discount_weighted=False`, w_k = 1: MuMMI eq. 18's plain sum over the rollout (the
+    mean here; option `behavior.actor_objective=sum`, whose caller passes s_0 .. s_H from
+    `imagine(..., include_start=True)`, so the start state's V_lambda is in the sum too).
 
     Args:
       feats: `(H, N, F)` imagined features s_1 .. s_H from `imagine` (start excluded),
@@ -220,6 +225,7 @@ def actor_value_losses(
       entropy: optional `(H - 1, N)` (or `(H, N)`, last dropped) actor entropies at
         s_1 .. s_{H-1}, differentiable w.r.t. the actor (computed at stop-gradient feats).
       entropy_coef: the actor entropy bonus (option `behavior.actor_entropy`; reference 0).
+      discount_weighted: weight step k by w_k (the reference) or not (eq. 18's sum).
 
     Returns:
       `(actor_loss, value_loss, metrics)`; see the module docstring for gradient routing.
@@ -232,7 +238,10 @@ def actor_value_losses(
         # One column, broadcast after the cumprod: XLA would otherwise constant-fold the
         # cumprod of a full (H - 1, N) constant at every compile (1.4 s at N = 2500).
         discounts = jnp.full(rewards.shape[:1] + (1,) * (rewards.ndim - 1), gamma, rewards.dtype)
-    weights = jnp.broadcast_to(discount_weights(discounts[:-1]), rewards[:-1].shape)  # (H-1, N)
+    if discount_weighted:
+        weights = jnp.broadcast_to(discount_weights(discounts[:-1]), rewards[:-1].shape)
+    else:
+        weights = jnp.ones_like(rewards[:-1])  # (H - 1, N)
     discounts = jnp.broadcast_to(discounts, rewards.shape)
     returns = lambda_return(rewards[:-1], values[:-1], discounts[:-1], values[-1], lam)
 

@@ -231,6 +231,10 @@ class BehaviorConfig:
     actor_entropy: NonNegative = 0.0
     slow_value: bool = False
     slow_value_decay: Rate = 0.98
+    # "discounted" (released): returns of s_1 .. s_{H-1} weighted by gamma^(k-1), the start
+    # state excluded; "sum" (MuMMI eq. 18): the unweighted mean over s_0 .. s_{H-1}, start
+    # included. The value loss follows the same choice.
+    actor_objective: Literal["discounted", "sum"] = "discounted"
     # SAC: CVRL's hybrid term on real latent trajectories (weight > 0 enables it), or the
     # model-free learner when learner == "sac" (CoRAL).
     sac_weight: NonNegative = 0.0
@@ -250,6 +254,9 @@ class BehaviorConfig:
     mpc_lr: Positive = 0.003
     mpc_horizon: Count = 15
     mpc_first_action_only: bool = True  # released code: one step on a_0 only
+    # What MPC ascends: "first_imagined" (released: R_1, the lambda-return of s_1) or
+    # "start" (CVRL app. A.3: V_lambda(s_t) of the filtered state itself).
+    mpc_objective: Literal["first_imagined", "start"] = "first_imagined"
     expl_noise: NonNegative = 0.3  # Gaussian noise added to training actions (0: none, CoRAL SAC)
     # "sample" (reference MuMMI) | "mode" (best of 100 samples, Dreamer v1) | "mean"
     # (tanh of the Gaussian mean, CoRAL's evaluation)
@@ -264,6 +271,10 @@ class OptimConfig:
     actor_lr: Positive = 8e-5
     value_lr: Positive = 8e-5
     sac_lr: Positive = 8e-5
+    # CVRL's hybrid SAC actor gradient: "shared" adds it to the imagination actor's gradient
+    # under the actor's Adam (one loss, eq. 8); "separate" steps the same actor with its own
+    # Adam at sac_lr (CVRL app. B: a fourth, SAC optimizer).
+    sac_actor_optimizer: Literal["shared", "separate"] = "shared"
     eps: Positive = 1e-7  # Keras' Adam epsilon; optax defaults to 1e-8
     # "keras": the released code's update, whose epsilon acts 1/sqrt(1 - b2^t) larger
     # (mummi_jax/optim.py); "optax": optax.adam (epsilon on the bias-corrected moments).

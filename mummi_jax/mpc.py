@@ -7,7 +7,8 @@ Used by MuMMI and CVRL when acting (MuMMI app. A; reference-code.md §5.4, §10 
 2. roll out H imagined steps s_1 .. s_H; later actions come from the actor (stop-gradient
    inputs), or, with `first_action_only=False`, from a sequence being optimised;
 3. score J = R_1, the lambda-return of the first imagined state (`behavior.lambda_return`
-   over rewards/values of s_1 .. s_{H-1}, bootstrap v(s_H));
+   over rewards/values of s_1 .. s_{H-1}, bootstrap v(s_H)); or, with `objective="start"`,
+   V_lambda(s_0) of the filtered state itself, as CVRL app. A.3 writes it;
 4. a <- a + lr * dJ/da, `iters` times (the reference: one step, lr 0.003, on a_0 only;
    later actions re-sampled from the actor on every rollout).
 
@@ -36,6 +37,9 @@ Pytree = Any
 HeadFn = Callable[[jax.Array], jax.Array]
 
 
+OBJECTIVES = ("first_imagined", "start")
+
+
 def first_return(
     states: Pytree,
     reward_fn: HeadFn,
@@ -43,8 +47,16 @@ def first_return(
     gamma: float,
     lam: float,
     feat_fn: Callable[[Pytree], jax.Array] = features,
+    start_state: Pytree | None = None,
 ) -> jax.Array:
-    """R_1 for imagined states s_1 .. s_H (leaves `(H, N, ...)`) -> `(N,)`."""
+    """R_1 for imagined states s_1 .. s_H (leaves `(H, N, ...)`) -> `(N,)`.
+
+    With `start_state` (leaves `(N, ...)`), V_lambda(s_0) of s_0 .. s_H instead (CVRL app.
+    A.3's objective): r(s_0) + gamma [(1 - lam) v(s_1) + lam R_1]. r(s_0) does not depend on
+    the actions, so its gradient differs from R_1's by the v(s_1) term and the factor gamma.
+    """
+    if start_state is not None:
+        states = jax.tree.map(lambda s0, s: jnp.concatenate([s0[None], s]), start_state, states)
     feats = feat_fn(states)
     rewards, values = reward_fn(feats), value_fn(feats)  # (H, N)
     return lambda_return(rewards[:-1], values[:-1], gamma, values[-1], lam)[0]
@@ -78,18 +90,23 @@ def optimize_actions(
     *,
     feat_fn: Callable[[Pytree], jax.Array] = features,
     first_action: jax.Array | None = None,
+    objective: str = "first_imagined",
 ) -> tuple[jax.Array, jax.Array]:
     """Latent-guided MPC, returning the whole action sequence (see `plan`).
 
     Returns:
       `(actions (H, N, A), scores (iters, N))`: actions[0] is the improved a_0. With
       `first_action_only`, actions[1:] are the actor's samples in the last rollout (never
-      optimised); otherwise the optimised sequence. scores[i] is R_1 before update i.
+      optimised); otherwise the optimised sequence. scores[i] is the objective (R_1, or
+      V_lambda(s_0) with `objective="start"`) before update i.
     """
     if horizon < 2:
         raise ValueError(f"MPC horizon={horizon} must be >= 2 (R_1 needs a bootstrap state)")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"MPC objective={objective!r}; valid: {', '.join(OBJECTIVES)}")
     # Acting never trains anything: the filtered latent is a constant.
     start_state = jax.tree.map(lax.stop_gradient, start_state)
+    score_start = start_state if objective == "start" else None
     init_key, iter_key = jax.random.split(key)
     k_a0, k_step = jax.random.split(init_key)
     a0 = policy_fn(feat_fn(start_state), k_a0) if first_action is None else first_action
@@ -111,13 +128,13 @@ def optimize_actions(
 
     if first_action_only:
 
-        def objective(a0, rollout_key):
+        def score_a0(a0, rollout_key):
             states, later = actor_rollout(a0, rollout_key)
-            score = first_return(states, reward_fn, value_fn, gamma, lam, feat_fn)
+            score = first_return(states, reward_fn, value_fn, gamma, lam, feat_fn, score_start)
             return jnp.sum(score), (score, later)
 
         def body(a0, rollout_key):
-            grad, (score, later) = jax.grad(objective, has_aux=True)(a0, rollout_key)
+            grad, (score, later) = jax.grad(score_a0, has_aux=True)(a0, rollout_key)
             return a0 + lr * grad, (score, later)
 
         a0, (scores, laters) = lax.scan(body, a0, jax.random.split(iter_key, iters))
@@ -133,7 +150,7 @@ def optimize_actions(
 
     def seq_objective(actions, rollout_key):
         states = rollout(step_fn, start_state, actions, rollout_key)
-        score = first_return(states, reward_fn, value_fn, gamma, lam, feat_fn)
+        score = first_return(states, reward_fn, value_fn, gamma, lam, feat_fn, score_start)
         return jnp.sum(score), score
 
     def seq_body(actions, rollout_key):
@@ -161,6 +178,7 @@ def plan(
     feat_fn: Callable[[Pytree], jax.Array] = features,
     clip: bool = False,
     first_action: jax.Array | None = None,
+    objective: str = "first_imagined",
 ) -> jax.Array:
     """The improved first action `(N, A)` for N filtered latents (CVRL Sec. 3.3; ref. §5.4).
 
@@ -178,6 +196,8 @@ def plan(
         is added and clipped afterwards, and the env clamps).
       first_action: `(N, A)` a_0 to start from instead of an actor sample (an evaluation
         that acts from the actor's mode, `behavior.eval_mode`), or None.
+      objective: "first_imagined" (reference: R_1) or "start" (CVRL app. A.3: V_lambda(s_0),
+        option `behavior.mpc_objective`).
 
     Returns:
       `(N, A)` action.
@@ -197,6 +217,7 @@ def plan(
         first_action_only,
         feat_fn=feat_fn,
         first_action=first_action,
+        objective=objective,
     )
     action = actions[0]
     return jnp.clip(action, -1.0, 1.0) if clip else action

@@ -181,6 +181,9 @@ def _paper_fidelity(c: Config) -> Config:
         "env.missing_eval": 0.0,
         "loss.nce_mask": "exact",
         "loss.nce_mean": "present_rows",
+        "behavior.actor_objective": "sum",  # MuMMI eq. 18
+        "behavior.mpc_objective": "start",  # CVRL app. A.3
+        "optim.sac_actor_optimizer": "separate",  # CVRL app. B (used where sac_weight > 0)
     }
     if c.model.fusion == "poe":
         over["model.poe"] = "gaussian"

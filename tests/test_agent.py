@@ -13,7 +13,7 @@ import pytest
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax import presets
+from mummi_jax import presets, prng
 from mummi_jax.agent import Agent, drop_modalities, get_path, optimizer_paths
 from mummi_jax.parallel import SeedParallel
 
@@ -162,7 +162,15 @@ def _dict_paths(tree, prefix=()):
     [
         *[(m, "reference", [], IMAGINATION, set()) for m in ("mummi", "mummi_b", "mssm_e")],
         ("cvrl", "reference", [], IMAGINATION, set()),
-        ("cvrl", "paper", [], IMAGINATION | HYBRID_SAC, {("sac", "critic")}),
+        # CVRL app. B's SAC optimizer: its state at ("sac", "actor"), stepping params["actor"].
+        ("cvrl", "paper", [], IMAGINATION | HYBRID_SAC | {("sac", "actor")}, {("sac", "critic")}),
+        (
+            "cvrl",
+            "paper",
+            ["optim.sac_actor_optimizer=shared"],
+            IMAGINATION | HYBRID_SAC,
+            {("sac", "critic")},
+        ),
         ("dreamer", "reference", [], IMAGINATION, set()),
         ("dreamer", "reference", ["behavior.slow_value=true"], IMAGINATION, {("value",)}),
         ("coral_v", "reference", [], MODEL_FREE_SAC, {("sac", "critic")}),
@@ -195,7 +203,7 @@ def test_optimiser_states_and_targets_are_keyed_like_the_parameters(
     untrained = {k for k in state.params if not any(p[0] == k for p in trained)}
     assert untrained == ({"obs_norm"} if fidelity == "walker" else set())
     for path in trained:
-        params = get_path(state.params, path)
+        params = get_path(state.params, agent.param_path(path))
         moments = optax.tree_utils.tree_get_all_with_path(get_path(state.opt_state, path), "mu")
         assert moments, path
         for _, mu in moments:
@@ -371,3 +379,64 @@ def test_dreamer_with_mpc_evaluates_from_the_actor_mode():
         ]
     for with_mpc, without in zip(acts["latent_mpc"], acts["none"], strict=True):
         np.testing.assert_allclose(with_mpc, without, atol=1e-6)
+
+
+def test_cvrl_paper_steps_the_actor_with_a_separate_sac_optimizer():
+    """CVRL app. B: the SAC actor term has its own Adam (`optim.sac_actor_optimizer=separate`,
+    the paper fidelity), so at the first update each actor weight moves by about
+    actor_lr sign(g_imagination) + sac_lr sign(g_sac) (Adam's first step is lr * sign(g)),
+    where one shared Adam would move it by lr sign(g_imagination + g_sac)."""
+    spec = toy_spec()
+    for choice in ("separate", "shared"):
+        cfg = presets.make_config(
+            "cvrl", "toy_position_camera", "tiny", "paper",
+            overrides=[*TINY, f"optim.sac_actor_optimizer={choice}"],
+        )  # fmt: skip
+        assert cfg.behavior.sac_weight > 0 and cfg.behavior.sac_actor_grad
+        agent = Agent(cfg, spec, ACTION2)
+        state = agent.init(jax.random.key(0))
+        batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
+        noise = agent.draw_noise(jax.random.key(3), 4, 6)
+        grads, _, _ = agent.inspect_update(state, batch, noise)
+        key = jax.random.split(state.key, 3)[2]  # the key inspect_update gives the gradients
+        new, _ = prng.jit(agent.update_with_noise)(state, batch, noise, key)  # its PRNG form
+        moved = jax.tree.map(
+            lambda a, b: np.asarray(a - b), new.params["actor"], state.params["actor"]
+        )
+        leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(t)]  # noqa: E731
+        g_img = leaves(grads["actor"])
+        if choice == "shared":  # the SAC term is inside the actor's gradient
+            assert "actor" not in grads["sac"]
+            g_sac = [np.zeros_like(g) for g in g_img]
+            big = [np.abs(g) > 1e-4 for g in g_img]
+        else:
+            g_sac = leaves(grads["sac"]["actor"])
+            big = [
+                (np.abs(g) > 1e-4) & (np.abs(s) > 1e-4) for g, s in zip(g_img, g_sac, strict=True)
+            ]
+        o = cfg.optim
+        want = [
+            -o.actor_lr * np.sign(g) - o.sac_lr * np.sign(s)
+            for g, s in zip(g_img, g_sac, strict=True)
+        ]
+        checked = 0
+        for m, w, b in zip(leaves(moved), want, big, strict=True):
+            np.testing.assert_allclose(m[b], w[b], atol=2e-6)
+            checked += int(b.sum())
+        assert checked > 1000, (choice, checked)
+
+
+def test_paper_fidelity_imagines_eq18_from_the_start_state():
+    """MuMMI eq. 18 sums V_lambda over the rollout from its start state; the released code
+    starts at s_1 and weights by gamma^(k-1) (`behavior.actor_objective`)."""
+    spec = toy_spec()
+    for fidelity, extra in (("reference", 0), ("paper", 1)):
+        cfg = presets.make_config("mummi", "toy_position_camera", "tiny", fidelity, overrides=TINY)
+        assert cfg.behavior.actor_objective == ("sum" if extra else "discounted")
+        agent = Agent(cfg, spec, ACTION2)
+        state = jax.eval_shape(agent.init, jax.random.key(0))
+        batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
+        noise = agent.draw_noise(jax.random.key(3), 4, 6)
+        _, _, aux = jax.eval_shape(agent._gradients, state.params, state.targets, batch, noise,
+                                   jax.random.key(1))  # fmt: skip
+        assert aux["imagine"]["feats"].shape[:2] == (cfg.behavior.horizon + extra, 4 * 6)

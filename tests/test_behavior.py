@@ -263,6 +263,13 @@ def test_losses_by_hand():
     np.testing.assert_allclose(a_slow, -(2.375 + 0.5 * 3.5) / 2)
     np.testing.assert_allclose(v_slow, (0.5 * (2 - 2.375) ** 2 + 0.25 * (4 - 3.5) ** 2) / 2)
 
+    # MuMMI eq. 18 (`behavior.actor_objective=sum`): the same returns, unweighted.
+    a_sum, v_sum, _ = behavior.actor_value_losses(
+        feats, jnp.array(2.0), reward_fn, value_fn, gamma=g, lam=lam, discount_weighted=False
+    )
+    np.testing.assert_allclose(a_sum, -(3.25 + 5) / 2)
+    np.testing.assert_allclose(v_sum, (0.5 * 1.5625 + 0.5 * 1.0) / 2)
+
 
 def test_ema_update_exact():
     target = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(4.0)}

@@ -111,6 +111,21 @@ def test_sequence_optimisation_moves_later_actions():
     np.testing.assert_allclose(_plan(iters=2, lr=0.1, first_action_only=False), actions[0])
 
 
+def test_start_objective_ascends_v_lambda_of_the_filtered_state():
+    """CVRL app. A.3 (`behavior.mpc_objective=start`): J = V_lambda(s_0) = r(s_0) + g [(1 - l)
+    v(s_1) + l R_1]; with v = 0 and r(s_0) constant, dJ/da_0 = g l c, so the step shrinks by
+    g l against R_1's, and so does the score."""
+    a = _plan(iters=1, lr=0.1, objective="start")
+    np.testing.assert_allclose(a, P + 0.1 * GAMMA * LAM * C, rtol=1e-6)
+    args = (step_fn, policy_fn, reward_fn, value_fn, jnp.zeros((N, A)), jax.random.PRNGKey(0))
+    kw = dict(horizon=H, iters=1, lr=0.0, gamma=GAMMA, lam=LAM, feat_fn=lambda s: s)
+    _, r1 = mpc.optimize_actions(*args, **kw)
+    _, v0 = mpc.optimize_actions(*args, **kw, objective="start")
+    np.testing.assert_allclose(v0, GAMMA * LAM * r1, rtol=1e-6)
+    with np.testing.assert_raises_regex(ValueError, "objective='v0'.*first_imagined, start"):
+        mpc.optimize_actions(*args, **kw, objective="v0")
+
+
 def test_clip_and_jit():
     big = _plan(iters=1, lr=10.0, clip=True)
     assert bool(jnp.all(jnp.abs(big) <= 1.0))

@@ -57,3 +57,16 @@ def test_poe_shares_are_the_fusion_weights_of_each_form():
     np.testing.assert_allclose(shares["depth"], [[1.0, 1.0]])
     none = P.poe_shares(stds, "reference", {m: np.array([0.0]) for m in stds})
     assert all(np.all(np.asarray(v) == 0) for v in none.values())
+    # With the gaussian form's N(0, I) prior expert (weight 1) the shares are still the
+    # fusion's weights of the means: the prior's mean 0 takes the rest.
+    shares = P.poe_shares(stds, "gaussian", prior_expert=True)
+    np.testing.assert_allclose(shares["image"], [[100 / 107.25, 1 / 3]], rtol=1e-6)
+    fused, _ = product_of_experts(
+        jnp.stack([means["image"], means["depth"]]),
+        jnp.stack([stds["image"], stds["depth"]]),
+        jnp.ones((2, 1)),
+        form="gaussian",
+        prior_expert=True,
+    )
+    expect = shares["image"] * means["image"] + shares["depth"] * means["depth"]
+    np.testing.assert_allclose(np.asarray(fused), expect, rtol=1e-5)

@@ -79,6 +79,11 @@ def test_variance_ratio_and_poe_weight_of_a_known_case():
     ref = tl.poe_weight_share(stds, "reference")
     assert gauss["camera"] == pytest.approx(0.2) and gauss["position"] == pytest.approx(0.8)
     assert ref["camera"] == pytest.approx(1 / 3) and ref["position"] == pytest.approx(2 / 3)
+    # With the N(0, I) prior expert (weight 1): 0.25 / 2.25 and 1 / 2.25; the reference
+    # form has no prior expert, so the option leaves it alone.
+    prior = tl.poe_weight_share(stds, "gaussian", prior_expert=True)
+    assert prior["camera"] == pytest.approx(1 / 9) and prior["position"] == pytest.approx(4 / 9)
+    assert tl.poe_weight_share(stds, "reference", prior_expert=True) == ref
 
 
 def test_pca_keeps_the_two_main_axes():
