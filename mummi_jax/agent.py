@@ -573,7 +573,8 @@ class Agent:
         app. A); `noise["imagine_action"]`, `noise["imagine_state"]` feed the actor's and
         the dynamics' samples; `targets` is `TrainState.targets` (the slow value, if any).
         Returns `(grads, metrics, aux)`, grads keyed `"actor"`, `"value"`, aux holding the
-        imagined `feats` `(H, N, F)`."""
+        imagined `feats` `(H, N, F)` (`(H + 1, N, F)`, the start first, under
+        `behavior.actor_objective=sum`)."""
         b = self.config.behavior
         wm = jax.lax.stop_gradient(params["wm"])
         starts = behavior.flatten_starts(jax.lax.stop_gradient(post))

@@ -205,13 +205,16 @@ def actor_value_losses(
 
     The value loss has the same gradients as the reference's -log N(sg(R); v, 1).
 
-    With `discount_weighted=False`, w_k = 1: MuMMI eq. 18's plain sum over the rollout (the
-    mean here; option `behavior.actor_objective=sum`, whose caller passes s_0 .. s_H from
-    `imagine(..., include_start=True)`, so the start state's V_lambda is in the sum too).
+    With `discount_weighted=False`, MuMMI eq. 18 (option `behavior.actor_objective=sum`,
+    whose caller passes s_0 .. s_H from `imagine(..., include_start=True)`): w_k = 1, and the
+    actor's sum runs over every state of the rollout, the last one too, whose V_lambda is
+    its value v(s_H) (CVRL A.2's cut-off h = min(tau + k, t + H)); the mean of those H + 1
+    terms here. The value loss's last term, (v(s_H) - v(s_H))^2, is 0 and left out.
 
     Args:
-      feats: `(H, N, F)` imagined features s_1 .. s_H from `imagine` (start excluded),
-        differentiable w.r.t. the actor parameters.
+      feats: `(H, N, F)` imagined features from `imagine`, s_1 .. s_H (the reference,
+        start excluded) or s_0 .. s_H (eq. 18, `include_start`), differentiable w.r.t. the
+        actor parameters; "s_1 .. s_H" below reads "the states given".
       value_params: the online value parameters.
       reward_fn: `feats (H, N, F) -> (H, N)`, the reward head's mean with the world-model
         parameters closed over (constants).
@@ -249,6 +252,8 @@ def actor_value_losses(
     if entropy is not None and entropy_coef:
         objective = objective + entropy_coef * entropy[: returns.shape[0]]
     actor_loss = -jnp.mean(weights * objective)
+    if not discount_weighted:  # eq. 18's last term, V_lambda(s_H) = v(s_H)
+        actor_loss = -jnp.mean(jnp.concatenate([objective, values[-1:]], axis=0))
 
     # The value head regresses on detached features: no value gradient reaches the actor.
     sg_feats = jax.tree.map(lax.stop_gradient, feats)
@@ -259,7 +264,8 @@ def actor_value_losses(
     metrics = {
         "actor/loss": actor_loss,
         "actor/return": jnp.mean(returns),
-        "actor/imag_reward": jnp.mean(rewards),
+        # Imagined states only: under eq. 18 feats[0] is the posterior start state.
+        "actor/imag_reward": jnp.mean(rewards if discount_weighted else rewards[1:]),
         "value/loss": value_loss,
         "value/mean": jnp.mean(value_pred),
     }

@@ -232,8 +232,8 @@ class BehaviorConfig:
     slow_value: bool = False
     slow_value_decay: Rate = 0.98
     # "discounted" (released): returns of s_1 .. s_{H-1} weighted by gamma^(k-1), the start
-    # state excluded; "sum" (MuMMI eq. 18): the unweighted mean over s_0 .. s_{H-1}, start
-    # included. The value loss follows the same choice.
+    # state excluded; "sum" (MuMMI eq. 18): the unweighted mean of V_lambda over s_0 .. s_H,
+    # start included (V_lambda(s_H) = v(s_H)). The value loss follows the same choice.
     actor_objective: Literal["discounted", "sum"] = "discounted"
     # SAC: CVRL's hybrid term on real latent trajectories (weight > 0 enables it), or the
     # model-free learner when learner == "sac" (CoRAL).
@@ -273,7 +273,8 @@ class OptimConfig:
     sac_lr: Positive = 8e-5
     # CVRL's hybrid SAC actor gradient: "shared" adds it to the imagination actor's gradient
     # under the actor's Adam (one loss, eq. 8); "separate" steps the same actor with its own
-    # Adam at sac_lr (CVRL app. B: a fourth, SAC optimizer).
+    # Adam at sac_lr (CVRL app. B: a fourth, SAC optimizer). Adam normalises that gradient,
+    # so under "separate" behavior.sac_weight acts as an on/off switch, not a scale.
     sac_actor_optimizer: Literal["shared", "separate"] = "shared"
     eps: Positive = 1e-7  # Keras' Adam epsilon; optax defaults to 1e-8
     # "keras": the released code's update, whose epsilon acts 1/sqrt(1 - b2^t) larger

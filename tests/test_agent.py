@@ -427,16 +427,30 @@ def test_cvrl_paper_steps_the_actor_with_a_separate_sac_optimizer():
 
 
 def test_paper_fidelity_imagines_eq18_from_the_start_state():
-    """MuMMI eq. 18 sums V_lambda over the rollout from its start state; the released code
-    starts at s_1 and weights by gamma^(k-1) (`behavior.actor_objective`)."""
+    """MuMMI eq. 18 sums V_lambda over the whole rollout from its start state, unweighted;
+    the released code starts at s_1 and weights by gamma^(k-1) (`behavior.actor_objective`).
+    The actor loss the agent reports is rebuilt here from its own imagined features."""
+    from mummi_jax import behavior
+
     spec = toy_spec()
     for fidelity, extra in (("reference", 0), ("paper", 1)):
         cfg = presets.make_config("mummi", "toy_position_camera", "tiny", fidelity, overrides=TINY)
-        assert cfg.behavior.actor_objective == ("sum" if extra else "discounted")
+        b = cfg.behavior
+        assert b.actor_objective == ("sum" if extra else "discounted")
         agent = Agent(cfg, spec, ACTION2)
-        state = jax.eval_shape(agent.init, jax.random.key(0))
+        state = agent.init(jax.random.key(0))
         batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
         noise = agent.draw_noise(jax.random.key(3), 4, 6)
-        _, _, aux = jax.eval_shape(agent._gradients, state.params, state.targets, batch, noise,
-                                   jax.random.key(1))  # fmt: skip
-        assert aux["imagine"]["feats"].shape[:2] == (cfg.behavior.horizon + extra, 4 * 6)
+        _, metrics, aux = agent.inspect_update(state, batch, noise)
+        feats = aux["imagine"]["feats"]
+        assert feats.shape[:2] == (b.horizon + extra, 4 * 6)
+        wm, value = state.params["wm"], state.params["value"]
+        rewards = agent.nets.reward(wm, feats)
+        values = agent._value_fn(value, feats)
+        returns = behavior.lambda_return(rewards[:-1], values[:-1], b.gamma, values[-1], b.lam)
+        if extra:  # R_0 .. R_{H-1} and v(s_H), unweighted
+            want = -np.mean(np.concatenate([returns, values[-1:]]))
+        else:  # R_1 .. R_{H-1} weighted gamma^(k-1)
+            weights = b.gamma ** np.arange(returns.shape[0])[:, None]
+            want = -np.mean(weights * returns)
+        np.testing.assert_allclose(metrics["actor/loss"], want, rtol=1e-4)

@@ -263,12 +263,17 @@ def test_losses_by_hand():
     np.testing.assert_allclose(a_slow, -(2.375 + 0.5 * 3.5) / 2)
     np.testing.assert_allclose(v_slow, (0.5 * (2 - 2.375) ** 2 + 0.25 * (4 - 3.5) ** 2) / 2)
 
-    # MuMMI eq. 18 (`behavior.actor_objective=sum`): the same returns, unweighted.
-    a_sum, v_sum, _ = behavior.actor_value_losses(
-        feats, jnp.array(2.0), reward_fn, value_fn, gamma=g, lam=lam, discount_weighted=False
+    # MuMMI eq. 18 (`behavior.actor_objective=sum`): the start state s_0 (feature 0.5) first,
+    # no weights, and the last state's V_lambda(s_3) = v(s_3) = 6 in the actor's sum.
+    # rewards .5, 1, 2; values 1, 2, 4, 6: R_2 = 5, R_1 = 3.25 as above,
+    # R_0 = .5 + .5 (.5 * 2 + .5 * 3.25) = 1.8125.
+    with_start = jnp.concatenate([jnp.full((1, 1, 1), 0.5), feats])
+    a_sum, v_sum, m_sum = behavior.actor_value_losses(
+        with_start, jnp.array(2.0), reward_fn, value_fn, gamma=g, lam=lam, discount_weighted=False
     )
-    np.testing.assert_allclose(a_sum, -(3.25 + 5) / 2)
-    np.testing.assert_allclose(v_sum, (0.5 * 1.5625 + 0.5 * 1.0) / 2)
+    np.testing.assert_allclose(a_sum, -(1.8125 + 3.25 + 5 + 6) / 4)
+    np.testing.assert_allclose(v_sum, 0.5 * ((1 - 1.8125) ** 2 + (2 - 3.25) ** 2 + 1.0) / 3)
+    np.testing.assert_allclose(m_sum["actor/imag_reward"], 2.0)  # s_1 .. s_3: 1, 2, 3
 
 
 def test_ema_update_exact():

@@ -113,17 +113,21 @@ def test_sequence_optimisation_moves_later_actions():
 
 def test_start_objective_ascends_v_lambda_of_the_filtered_state():
     """CVRL app. A.3 (`behavior.mpc_objective=start`): J = V_lambda(s_0) = r(s_0) + g [(1 - l)
-    v(s_1) + l R_1]; with v = 0 and r(s_0) constant, dJ/da_0 = g l c, so the step shrinks by
-    g l against R_1's, and so does the score."""
-    a = _plan(iters=1, lr=0.1, objective="start")
-    np.testing.assert_allclose(a, P + 0.1 * GAMMA * LAM * C, rtol=1e-6)
-    args = (step_fn, policy_fn, reward_fn, value_fn, jnp.zeros((N, A)), jax.random.PRNGKey(0))
-    kw = dict(horizon=H, iters=1, lr=0.0, gamma=GAMMA, lam=LAM, feat_fn=lambda s: s)
-    _, r1 = mpc.optimize_actions(*args, **kw)
-    _, v0 = mpc.optimize_actions(*args, **kw, objective="start")
-    np.testing.assert_allclose(v0, GAMMA * LAM * r1, rtol=1e-6)
+    v(s_1) + l R_1]. With a linear value v(s) = d . s and s_1 = a_0, dJ/da_0 = g (1 - l) d
+    + g l c (R_1's own gradient is c), and the score is that sum with r(s_0) = c . s_0."""
+    d = jnp.array([[0.5, 0.5, -1.0], [2.0, 0.0, 1.0]])
+    linear_value = lambda feat: jnp.sum(feat * d, axis=-1)  # noqa: E731
+    s0 = jnp.array([[1.0, 0.0, 2.0], [-1.0, 1.0, 0.0]])
+    args = (step_fn, policy_fn, reward_fn, linear_value, s0, jax.random.PRNGKey(0))
+    kw = dict(horizon=H, iters=1, gamma=GAMMA, lam=LAM, feat_fn=lambda s: s)
+    actions, v0 = mpc.optimize_actions(*args, **kw, lr=0.1, objective="start")
+    step = GAMMA * (1 - LAM) * d + GAMMA * LAM * C
+    np.testing.assert_allclose(actions[0], P + 0.1 * step, rtol=1e-6)
+    _, r1 = mpc.optimize_actions(*args, **kw, lr=0.0)  # R_1 at a_0 = P
+    want = jnp.sum(C * s0, -1) + GAMMA * ((1 - LAM) * jnp.sum(d * P, -1) + LAM * r1[0])
+    np.testing.assert_allclose(v0[0], want, rtol=1e-6)
     with np.testing.assert_raises_regex(ValueError, "objective='v0'.*first_imagined, start"):
-        mpc.optimize_actions(*args, **kw, objective="v0")
+        mpc.optimize_actions(*args, **kw, lr=0.0, objective="v0")
 
 
 def test_clip_and_jit():
