@@ -14,7 +14,8 @@ probes on the first half of the episodes and scoring them on the second:
   picture cannot tell where along the floor the robot is) and to the joint velocities; the
   mean of the per-joint R^2 (each joint counts once, whatever its scale). `r2_qpos_<m>`,
   `r2_qvel_<m>`: the same from expert m's mean alone (PoE methods), which says what each
-  sensor carries.
+  sensor carries. `r2_qpos_columns`, `r2_qvel_columns`: the per-column R^2 from the
+  features, by name (`probe_columns`; NaN for a column that never moves).
 - `reward_r2`, `reward_rmse`: the reward head on the posterior features against the real
   rewards (MuMMI eq. 10's reward term).
 - `poe_share_<m>` (PoE methods): expert m's share of the fusion weight (1/sigma in the
@@ -72,14 +73,42 @@ def _angles_as_circle(q, hinge):
     return np.concatenate([q[..., ~hinge], np.cos(q[..., hinge]), np.sin(q[..., hinge])], -1)
 
 
-def _mean_r2(x, y, half):
+def probe_columns(physics) -> tuple[list[str], list[str]]:
+    """Names of the probed columns, `(qpos, qvel)`, in the order `play` stacks them: a
+    slide's name, `cos(name)` / `sin(name)` for a hinge, `name[i]` within a free or ball
+    joint; velocities by degree of freedom."""
+    model = physics.model
+    pos, hinge, vel = [], [], []
+    for j in range(model.njnt):
+        name = model.id2name(j, "joint")
+        kind = int(model.jnt_type[j])
+        width, dof = {0: (7, 6), 1: (4, 3), 2: (1, 1), 3: (1, 1)}[kind]
+        label = lambda n, i, name=name: name if n == 1 else f"{name}[{i}]"  # noqa: E731
+        if name not in UNOBSERVABLE_JOINTS:
+            pos.extend(label(width, i) for i in range(width))
+            hinge.extend([kind == 3] * width)
+        vel.extend(label(dof, i) for i in range(dof))
+    hinge = np.asarray(hinge, bool)
+    names = np.asarray(pos, object)
+    circle = [*names[~hinge], *(f"cos({n})" for n in names[hinge])]
+    circle += [f"sin({n})" for n in names[hinge]]
+    return [str(n) for n in circle], vel
+
+
+def _per_column_r2(x, y, half):
+    """Held-out R^2 of each column of `y` (NaN for a column that never moves)."""
     from experiments.toy_latent import linear_r2
 
     keep = np.std(y[:half], axis=0) > 1e-8  # a joint that never moves has no R^2
-    if not keep.any():
-        return float("nan")
-    per_dim = linear_r2(x[:half], y[:half, keep], x[half:], y[half:, keep])[1]
-    return float(np.mean(per_dim))
+    out = np.full(y.shape[1], np.nan)
+    if keep.any():
+        out[keep] = linear_r2(x[:half], y[:half, keep], x[half:], y[half:, keep])[1]
+    return out
+
+
+def _mean_r2(x, y, half):
+    per_dim = _per_column_r2(x, y, half)
+    return float(np.nanmean(per_dim)) if np.isfinite(per_dim).any() else float("nan")
 
 
 def poe_shares(
@@ -129,6 +158,7 @@ def play(
     if not hasattr(env, "physics"):
         raise ValueError(f"task {runner.config.env.task!r} has no MuJoCo physics to probe")
     qpos_idx, hinge, qvel_idx = joint_layout(env.physics)
+    columns = probe_columns(env.physics)
     eps, qpos, qvel = [], [], []
     try:
         for j in range(episodes):
@@ -157,7 +187,7 @@ def play(
     finally:
         env.close()
     batch = {k: np.stack([e[k] for e in eps]) for k in eps[0]}
-    return batch, np.stack(qpos), np.stack(qvel)
+    return batch, np.stack(qpos), np.stack(qvel), columns
 
 
 def probe(
@@ -182,7 +212,7 @@ def probe(
         raise FileNotFoundError(f"no checkpoint in {runner.runs[0].ckpt_dir}; train first")
     state = runner.parallel.states(stacked)[0]
     agent = runner.agent
-    batch, qpos, qvel = play(runner, stacked, episodes, rate, config.seed, split, policy)
+    batch, qpos, qvel, columns = play(runner, stacked, episodes, rate, config.seed, split, policy)
     n, length = batch["reward"].shape
     noise = agent.draw_noise(jax.random.PRNGKey(config.seed + 1), n, length)
 
@@ -225,6 +255,11 @@ def probe(
         "r2_qpos": _mean_r2(flat(feat), flat(qpos), half),
         "r2_qvel": _mean_r2(flat(feat), flat(qvel), half),
     }
+    # Per column: which part of the state the features hold (cup: the cup's slides against
+    # the ball's, which the mean hides).
+    for kind, y, names in (("qpos", qpos, columns[0]), ("qvel", qvel, columns[1])):
+        per = _per_column_r2(flat(feat), flat(y), half)
+        res[f"r2_{kind}_columns"] = {n: float(v) for n, v in zip(names, per, strict=True)}
     for m, mu in experts.items():
         res[f"r2_qpos_{m}"] = _mean_r2(flat(mu), flat(qpos), half)
         res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)

@@ -19,6 +19,13 @@ def test_walker_joints_leave_out_rootx_and_read_hinges_on_the_circle():
     q = np.array([[0.5, np.pi, -np.pi / 2]])
     circle = P._angles_as_circle(q, np.array([False, True, True]))
     np.testing.assert_allclose(circle, [[0.5, -1.0, 0.0, 0.0, -1.0]], atol=1e-12)
+    # The names of the probed columns follow the same order as the columns themselves.
+    pos, vel = P.probe_columns(physics)
+    assert len(pos) == P._angles_as_circle(physics.data.qpos[qpos_idx], hinge).shape[-1]
+    assert pos[0] == "rootz" and pos[1] == "cos(rooty)" and pos[8] == "sin(rooty)"
+    assert vel == names  # one degree of freedom per walker joint
+    cup = suite.load("ball_in_cup", "catch", task_kwargs={"random": 0}).physics
+    assert P.probe_columns(cup) == (["cup_x", "cup_z", "ball_x", "ball_z"],) * 2
 
 
 def test_mean_r2_is_one_for_a_linear_map_and_ignores_still_joints():
@@ -27,6 +34,8 @@ def test_mean_r2_is_one_for_a_linear_map_and_ignores_still_joints():
     y = np.stack([x @ rng.standard_normal(5), np.zeros(400), -x[:, 0]], 1)
     assert P._mean_r2(x, y, 200) > 0.999  # the constant column is left out, not scored 0
     assert abs(P._mean_r2(rng.standard_normal((400, 5)), y, 200)) < 0.1
+    per = P._per_column_r2(x, y, 200)
+    assert np.isnan(per[1]) and per[0] > 0.999 and per[2] > 0.999
 
 
 def test_poe_shares_are_the_fusion_weights_of_each_form():
