@@ -15,7 +15,8 @@ probes on the first half of the episodes and scoring them on the second:
   mean of the per-joint R^2 (each joint counts once, whatever its scale). `r2_qpos_<m>`,
   `r2_qvel_<m>`: the same from expert m's mean alone (PoE methods), which says what each
   sensor carries. `r2_qpos_columns`, `r2_qvel_columns`: the per-column R^2 from the
-  features, by name (`probe_columns`; NaN for a column that never moves).
+  features, by name (`probe_columns`; NaN for a column that never moves);
+  `r2_qpos_columns_<m>` the same from expert m's mean.
 - `reward_r2`, `reward_rmse`: the reward head on the posterior features against the real
   rewards (MuMMI eq. 10's reward term).
 - `poe_share_<m>` (PoE methods): expert m's share of the fusion weight (1/sigma in the
@@ -263,6 +264,8 @@ def probe(
     for m, mu in experts.items():
         res[f"r2_qpos_{m}"] = _mean_r2(flat(mu), flat(qpos), half)
         res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)
+        per = _per_column_r2(flat(mu), flat(qpos), half)
+        res[f"r2_qpos_columns_{m}"] = {n: float(v) for n, v in zip(columns[0], per, strict=True)}
     if experts:
         # What the posterior is given: s^f, and how much of it each expert decides.
         res["r2_qpos_fused"] = _mean_r2(flat(fused), flat(qpos), half)
