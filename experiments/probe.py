@@ -53,20 +53,25 @@ from absl import app, flags
 UNOBSERVABLE_JOINTS = ("rootx",)
 
 
+def _joints(model):
+    """Per joint: (name, is a hinge, qpos addresses, qvel addresses)."""
+    for j in range(model.njnt):
+        kind = int(model.jnt_type[j])
+        width, dof = {0: (7, 6), 1: (4, 3), 2: (1, 1), 3: (1, 1)}[kind]  # free ball slide hinge
+        start, vstart = int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j])
+        name = model.id2name(j, "joint")
+        yield name, kind == 3, range(start, start + width), range(vstart, vstart + dof)
+
+
 def joint_layout(physics):
     """(qpos indices, hinge flags, qvel indices) of the joints a probe should be able to read;
     a hinge's angle is probed as (cos, sin), which a linear map can follow through a turn."""
-    model = physics.model
     qpos, qvel, hinge = [], [], []
-    for j in range(model.njnt):
-        name = model.id2name(j, "joint")
-        width = {0: 7, 1: 4, 2: 1, 3: 1}[int(model.jnt_type[j])]  # free, ball, slide, hinge
-        dof = {0: 6, 1: 3, 2: 1, 3: 1}[int(model.jnt_type[j])]
-        start, vstart = int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j])
+    for name, is_hinge, pos, vel in _joints(physics.model):
         if name not in UNOBSERVABLE_JOINTS:
-            qpos.extend(range(start, start + width))
-            hinge.extend([int(model.jnt_type[j]) == 3] * width)
-        qvel.extend(range(vstart, vstart + dof))
+            qpos.extend(pos)
+            hinge.extend([is_hinge] * len(pos))
+        qvel.extend(vel)
     return np.asarray(qpos), np.asarray(hinge, bool), np.asarray(qvel)
 
 
@@ -78,22 +83,15 @@ def probe_columns(physics) -> tuple[list[str], list[str]]:
     """Names of the probed columns, `(qpos, qvel)`, in the order `play` stacks them: a
     slide's name, `cos(name)` / `sin(name)` for a hinge, `name[i]` within a free or ball
     joint; velocities by degree of freedom."""
-    model = physics.model
-    pos, hinge, vel = [], [], []
-    for j in range(model.njnt):
-        name = model.id2name(j, "joint")
-        kind = int(model.jnt_type[j])
-        width, dof = {0: (7, 6), 1: (4, 3), 2: (1, 1), 3: (1, 1)}[kind]
-        label = lambda n, i, name=name: name if n == 1 else f"{name}[{i}]"  # noqa: E731
+    label = lambda name, span, i: name if len(span) == 1 else f"{name}[{i}]"  # noqa: E731
+    pos, vel = {}, []
+    for name, is_hinge, qpos, qvel in _joints(physics.model):
         if name not in UNOBSERVABLE_JOINTS:
-            pos.extend(label(width, i) for i in range(width))
-            hinge.extend([kind == 3] * width)
-        vel.extend(label(dof, i) for i in range(dof))
-    hinge = np.asarray(hinge, bool)
-    names = np.asarray(pos, object)
-    circle = [*names[~hinge], *(f"cos({n})" for n in names[hinge])]
-    circle += [f"sin({n})" for n in names[hinge]]
-    return [str(n) for n in circle], vel
+            pos.update({label(name, qpos, i): is_hinge for i in range(len(qpos))})
+        vel.extend(label(name, qvel, i) for i in range(len(qvel)))
+    plain = [n for n, h in pos.items() if not h]
+    hinges = [n for n, h in pos.items() if h]
+    return plain + [f"cos({n})" for n in hinges] + [f"sin({n})" for n in hinges], vel
 
 
 def _per_column_r2(x, y, half):
@@ -107,9 +105,13 @@ def _per_column_r2(x, y, half):
     return out
 
 
+def _nanmean(per_column):
+    """The mean over the columns that move; NaN if none does."""
+    return float(np.nanmean(per_column)) if np.isfinite(per_column).any() else float("nan")
+
+
 def _mean_r2(x, y, half):
-    per_dim = _per_column_r2(x, y, half)
-    return float(np.nanmean(per_dim)) if np.isfinite(per_dim).any() else float("nan")
+    return _nanmean(_per_column_r2(x, y, half))
 
 
 def poe_shares(
@@ -253,18 +255,17 @@ def probe(
         "policy": policy,
         "modalities": list(agent.modalities),
         "returns": [float(r) for r in batch["reward"][:, 1:].sum(1)],
-        "r2_qpos": _mean_r2(flat(feat), flat(qpos), half),
-        "r2_qvel": _mean_r2(flat(feat), flat(qvel), half),
     }
-    # Per column: which part of the state the features hold (cup: the cup's slides against
-    # the ball's, which the mean hides).
+    # Per column, and their mean: which part of the state the features hold (cup: the cup's
+    # slides against the ball's, which the mean hides).
     for kind, y, names in (("qpos", qpos, columns[0]), ("qvel", qvel, columns[1])):
         per = _per_column_r2(flat(feat), flat(y), half)
+        res[f"r2_{kind}"] = _nanmean(per)
         res[f"r2_{kind}_columns"] = {n: float(v) for n, v in zip(names, per, strict=True)}
     for m, mu in experts.items():
-        res[f"r2_qpos_{m}"] = _mean_r2(flat(mu), flat(qpos), half)
-        res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)
         per = _per_column_r2(flat(mu), flat(qpos), half)
+        res[f"r2_qpos_{m}"] = _nanmean(per)
+        res[f"r2_qvel_{m}"] = _mean_r2(flat(mu), flat(qvel), half)
         res[f"r2_qpos_columns_{m}"] = {n: float(v) for n, v in zip(columns[0], per, strict=True)}
     if experts:
         # What the posterior is given: s^f, and how much of it each expert decides.

@@ -682,7 +682,6 @@ class Agent:
         `grad_norm/<path>`, e.g. `grad_norm/sac/critic`), aux the world model's and
         imagination's intermediate values (see `_world_model_loss`, `_imagination_grads`),
         which the update discards."""
-        b = self.config.behavior
         k_wm, k_beh, k_sac = jax.random.split(key, 3)
         (_, aux), g_wm = jax.value_and_grad(self._world_model_loss, has_aux=True)(
             params["wm"], batch, noise, k_wm, params.get("obs_norm")
@@ -699,7 +698,7 @@ class Agent:
             g, m = self._sac_grads(params, targets, post, batch, k_sac)
             metrics.update(m)
             grads["sac"] = {"critic": g["critic"], "log_alpha": g["log_alpha"]}
-            if b.learner == "sac" or self.config.optim.sac_actor_optimizer == "separate":
+            if "actor" in self.optimizers["sac"]:  # its own optimiser (`_make_optimizers`)
                 grads["sac"]["actor"] = g["actor"]
             else:  # CVRL hybrid: the SAC actor term trains the imagination actor too
                 grads["actor"] = jax.tree.map(jnp.add, grads["actor"], g["actor"])

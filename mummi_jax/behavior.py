@@ -241,18 +241,18 @@ def actor_value_losses(
         # One column, broadcast after the cumprod: XLA would otherwise constant-fold the
         # cumprod of a full (H - 1, N) constant at every compile (1.4 s at N = 2500).
         discounts = jnp.full(rewards.shape[:1] + (1,) * (rewards.ndim - 1), gamma, rewards.dtype)
+    weights = 1.0  # eq. 18
     if discount_weighted:
         weights = jnp.broadcast_to(discount_weights(discounts[:-1]), rewards[:-1].shape)
-    else:
-        weights = jnp.ones_like(rewards[:-1])  # (H - 1, N)
     discounts = jnp.broadcast_to(discounts, rewards.shape)
     returns = lambda_return(rewards[:-1], values[:-1], discounts[:-1], values[-1], lam)
 
     objective = returns
     if entropy is not None and entropy_coef:
         objective = objective + entropy_coef * entropy[: returns.shape[0]]
-    actor_loss = -jnp.mean(weights * objective)
-    if not discount_weighted:  # eq. 18's last term, V_lambda(s_H) = v(s_H)
+    if discount_weighted:
+        actor_loss = -jnp.mean(weights * objective)
+    else:  # eq. 18's sum reaches the last state too: V_lambda(s_H) = v(s_H)
         actor_loss = -jnp.mean(jnp.concatenate([objective, values[-1:]], axis=0))
 
     # The value head regresses on detached features: no value gradient reaches the actor.
