@@ -62,6 +62,12 @@ def define_flags():
         True,
         "--what=reference: also time the released code with its dead decoders.",
     )
+    flags.DEFINE_enum(
+        "reference_policy",
+        "float32",
+        ["float32", "mixed_bfloat16"],
+        "--what=reference: the released code's Keras precision policy.",
+    )
     flags.DEFINE_bool(
         "reference_parts",
         True,

@@ -18,7 +18,13 @@ probes on the first half of the episodes and scoring them on the second:
   features, by name (`probe_columns`; NaN for a column that never moves);
   `r2_qpos_columns_<m>` the same from expert m's mean.
 - `reward_r2`, `reward_rmse`: the reward head on the posterior features against the real
-  rewards (MuMMI eq. 10's reward term).
+  rewards (MuMMI eq. 10's reward term). `reward_r2_at_mean`: the same with s_t replaced by
+  the posterior's mean, so the cost of the sample's noise shows apart from what [s, h] hold.
+- `post_std`: the posterior's std, geometric mean over steps and dimensions; `post_snr`: per
+  dimension the std over steps of the posterior mean over the mean posterior std, the median
+  over dimensions. The ELBO's KL does not fix the latent's scale (scaling every mean and std
+  of both posterior and prior leaves it unchanged), so `post_std` alone compares runs only
+  together with `post_snr`.
 - `poe_share_<m>` (PoE methods): expert m's share of the fusion weight (1/sigma in the
   released code's form), averaged over steps and dimensions; `r2_qpos_fused`,
   `r2_qvel_fused`: the probes from s^f itself, what the posterior is given.
@@ -193,6 +199,21 @@ def play(
     return batch, np.stack(qpos), np.stack(qvel), columns
 
 
+def _r2(y, pred) -> float:
+    """R^2 of `pred` against `y`, both `(N,)`; NaN where `y` never varies (a cup's random
+    episodes without a catch: no reward to explain)."""
+    spread = np.sum((y - y.mean()) ** 2)
+    return float(1 - np.sum((y - pred) ** 2) / spread) if spread > 0 else float("nan")
+
+
+def posterior_spread(mean: np.ndarray, std: np.ndarray) -> dict:
+    """`post_std` and `post_snr` (module docstring) of posterior means and stds `(N, S)`."""
+    return {
+        "post_std": float(np.exp(np.mean(np.log(std)))),
+        "post_snr": float(np.median(mean.std(0) / std.mean(0))),
+    }
+
+
 def probe(
     logdir: str, episodes: int = 16, rate: float = 0.0, split: str = "test", policy="agent"
 ) -> dict:
@@ -225,6 +246,8 @@ def probe(
         _, aux = agent._world_model_loss(wm, batch, noise, key, params.get("obs_norm"))
         feat = features(aux["post"])
         reward = agent.nets.reward(wm, feat)
+        post = aux["post"]
+        reward_at_mean = agent.nets.reward(wm, features({**post, "stoch": post["mean"]}))
         starts = behavior.flatten_starts(aux["post"])
         h = config.behavior.horizon
         keys = behavior.step_keys(jax.random.fold_in(key, 1), h)
@@ -239,9 +262,9 @@ def probe(
         flags = {m: batch[f"{m}_flag"] for m in experts}
         stds = {m: v[1] for m, v in experts.items()}
         shares = poe_shares(stds, config.model.poe, flags, config.model.poe_prior_expert)
-        return feat, reward, imagined, means, shares, aux["fused"]
+        return feat, reward, reward_at_mean, post, imagined, means, shares, aux["fused"]
 
-    feat, reward, imagined, experts, shares, fused = jax.device_get(
+    feat, reward, reward_at_mean, post, imagined, experts, shares, fused = jax.device_get(
         analyse(state.params, batch, noise, jax.random.PRNGKey(config.seed + 2))
     )
     half = (n // 2) * length
@@ -281,8 +304,9 @@ def probe(
     # Step 0 has no reward (the reset); the model is scored from step 1 on.
     r_true, r_pred = batch["reward"][:, 1:].ravel(), np.asarray(reward)[:, 1:].ravel()
     res["reward_rmse"] = float(np.sqrt(np.mean((r_true - r_pred) ** 2)))
-    resid, spread = np.sum((r_true - r_pred) ** 2), np.sum((r_true - r_true.mean()) ** 2)
-    res["reward_r2"] = float(1 - resid / spread)
+    res["reward_r2"] = _r2(r_true, r_pred)
+    res["reward_r2_at_mean"] = _r2(r_true, np.asarray(reward_at_mean)[:, 1:].ravel())
+    res.update(posterior_spread(flat(post["mean"]), flat(post["std"])))
     if policy == "agent":  # the actor imagines its own actions: only then a calibration
         h = config.behavior.horizon
         real = np.stack(

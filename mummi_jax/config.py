@@ -185,8 +185,10 @@ class ModelConfig:
     # episodes, std < 1e-2 taken as 1 (CoRAL App. B; set once by the runner after the
     # prefill, kept in the checkpoint); "none": raw.
     proprio_norm: Literal["none", "zscore"] = "none"
-    # "bfloat16": conv and expert layers compute in bf16
-    precision: Literal["float32", "bfloat16"] = "float32"
+    # "bfloat16": image encoders, decoders and expert heads compute in bf16 (activations too;
+    # the GPU form); "bfloat16_matmul": every network's product operands are rounded to bf16,
+    # accumulation and the rest stay f32 (the CPU form; networks.precision_dtypes)
+    precision: Literal["float32", "bfloat16", "bfloat16_matmul"] = "float32"
     # Encoder convs and decoder transposed convs: "xla" (lax.conv*) or "matmul" (one matmul
     # per layer; same parameters and outputs); "auto" is resolve_conv_impl's choice
     # (matmul on CPU and where a device runs several seeds of a sweep, else xla).

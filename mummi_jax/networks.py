@@ -6,6 +6,7 @@ orthogonal GRU recurrent kernel (Flax defaults to lecun-normal).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -17,8 +18,83 @@ glorot = nn.initializers.glorot_uniform()
 zeros = nn.initializers.zeros
 
 
-def dense(features, name=None, dtype=None):
-    return nn.Dense(features, kernel_init=glorot, bias_init=zeros, name=name, dtype=dtype)
+def dense(features, name=None, dtype=None, matmul_dtype=None):
+    """`nn.Dense` with the released code's initialisers. `matmul_dtype`: the product's
+    operands rounded to it, accumulated in float32 (`mixed_matmul`)."""
+    dot = jax.lax.dot_general if matmul_dtype is None else _mixed_dot_general(matmul_dtype)
+    return nn.Dense(
+        features, kernel_init=glorot, bias_init=zeros, name=name, dtype=dtype, dot_general=dot
+    )
+
+
+_dense = dense  # for modules whose local `dense` fixes the operand dtype
+
+
+def precision_dtypes(precision: str):
+    """`model.precision` -> (compute dtype of the image encoders, decoders and expert heads,
+    operand dtype of every network's products); None is float32.
+
+    "bfloat16": those image and expert layers compute in bfloat16 (activations too; cuDNN's
+    fast kernels on a GPU); the RSSM, the heads and the losses stay float32.
+    "bfloat16_matmul": every network's products (convs, dense layers, the GRU) take bfloat16
+    operands and accumulate in float32; everything between them stays float32, and the
+    losses' own products (InfoNCE, KL) are float32. The counterpart of the released code's
+    mixed precision (every Keras layer in float16) in the form a CPU computes fast: with
+    AVX512-BF16 XLA runs a bf16 x bf16 -> f32 product about 1.6x faster than float32, while
+    bfloat16 elementwise work (the other form's) is slower than float32 (BENCHMARKS.md,
+    "Mixed-precision products")."""
+    forms = {"float32": (None, None), "bfloat16": (jnp.bfloat16, None)}
+    forms["bfloat16_matmul"] = (None, jnp.bfloat16)
+    if precision not in forms:
+        raise ValueError(f"model.precision={precision!r}: one of {', '.join(forms)}")
+    return forms[precision]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def mixed_matmul(x, w, dtype):
+    """(..., K) @ (K, O) with both operands rounded to `dtype` and a float32 result.
+
+    The VJP keeps that form: the cotangent is rounded to `dtype` too and both gradient
+    products accumulate in float32, so every product of forward and backward takes `dtype`
+    operands. (JAX's own VJP of a `preferred_element_type` product multiplies the float32
+    cotangent by a `dtype` operand, which XLA:CPU runs as a float32 product, and rounds the
+    gradients to `dtype`.)"""
+    return _mixed_matmul_fwd(x, w, dtype)[0]
+
+
+def _mixed_matmul_fwd(x, w, dtype):
+    x, w = x.astype(dtype), w.astype(dtype)
+    return jnp.einsum("...k,ko->...o", x, w, preferred_element_type=jnp.float32), (x, w)
+
+
+def _mixed_matmul_bwd(dtype, res, g):
+    x, w = res
+    g = g.astype(dtype)
+    dx = jnp.einsum("...o,ko->...k", g, w, preferred_element_type=jnp.float32)
+    dw = jnp.einsum("...k,...o->ko", x, g, preferred_element_type=jnp.float32)
+    return dx, dw
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def _mixed_dot_general(dtype):
+    """A `dot_general` for `nn.Dense` (its contraction only) through `mixed_matmul`."""
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        (lc, rc), batch = dimension_numbers
+        if tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or rhs.ndim != 2 or any(batch):
+            raise ValueError(f"mixed_matmul takes a Dense contraction, got {dimension_numbers}")
+        return mixed_matmul(lhs, rhs, dtype)
+
+    return dot_general
+
+
+def _matmul(x, w, dtype=None):
+    """(..., K) @ (K, O), in float32 or through `mixed_matmul` at operand `dtype`."""
+    if dtype is None:
+        return jnp.einsum("...k,ko->...o", x, w)
+    return mixed_matmul(x, w, dtype)
 
 
 def _flatten_lead(x, keep):
@@ -49,10 +125,11 @@ def _space_to_depth_cm(x):
     return x.transpose(3, 5, 0, 1, 2, 4).reshape(4 * c, n, h2, w2)
 
 
-@jax.custom_vjp
-def _matmul_lhs_last(a, b):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_lhs_last(a, b, dtype=None):
     """(M, K) @ (K, L) -> (M, L), with a VJP in which every product contracts its left
-    operand's last axis.
+    operand's last axis. `dtype`: every product's operands (the cotangent's too) rounded to
+    it, accumulated in float32, as `mixed_matmul`.
 
     Why: XLA:CPU hands a dot to YNNPACK only when the contraction is the left operand's last
     axis; the usual weight gradient `patches^T @ dY` contracts the first, runs on Eigen and
@@ -61,25 +138,36 @@ def _matmul_lhs_last(a, b):
     `dY (M, L) . b (K, L)` over L, and `a^T` for the input gradient is a small explicit copy
     behind an optimisation barrier, so that XLA cannot fold the transpose back into the dot.
     """
-    return jnp.dot(a, b)
+    return _matmul_lhs_last_fwd(a, b, dtype)[0]
 
 
-def _matmul_lhs_last_fwd(a, b):
-    return jnp.dot(a, b), (a, b)
+def _operands(dtype, *xs):
+    """`xs` rounded to `dtype` and the products' result type (None: float32 throughout)."""
+    if dtype is None:
+        return xs, None
+    return tuple(x.astype(dtype) for x in xs), jnp.float32
 
 
-def _matmul_lhs_last_bwd(res, g):
+def _matmul_lhs_last_fwd(a, b, dtype):
+    (a, b), out = _operands(dtype, a, b)
+    return jnp.dot(a, b, preferred_element_type=out), (a, b)
+
+
+def _matmul_lhs_last_bwd(dtype, res, g):
     a, b = res
-    da = jax.lax.dot_general(g, b, (((1,), (1,)), ((), ())))  # (M, L) . (K, L) -> (M, K)
-    db = jnp.dot(jax.lax.optimization_barrier(a.T), g)  # (K, M) @ (M, L)
+    (g,), out = _operands(dtype, g)
+    # (M, L) . (K, L) -> (M, K), then (K, M) @ (M, L)
+    da = jax.lax.dot_general(g, b, (((1,), (1,)), ((), ())), preferred_element_type=out)
+    db = jnp.dot(jax.lax.optimization_barrier(a.T), g, preferred_element_type=out)
     return da, db
 
 
 _matmul_lhs_last.defvjp(_matmul_lhs_last_fwd, _matmul_lhs_last_bwd)
 
 
-def conv_stride2_matmul_cm(x, kernel):
+def conv_stride2_matmul_cm(x, kernel, matmul_dtype=None):
     """A VALID stride-2 convolution with an even k x k kernel, as one matmul, channel-major.
+    `matmul_dtype`: the product's operands, as `mixed_matmul` (None: float32).
 
     x: (C, N, H, W); kernel: (k, k, C, O) HWIO -> (O, N, (H-k)//2+1, (W-k)//2+1).
 
@@ -106,7 +194,8 @@ def conv_stride2_matmul_cm(x, kernel):
     # make the product contract the kernel's first axis (Eigen, not YNNPACK).
     w_t = jax.lax.optimization_barrier(w.T)
     o = w.shape[1]
-    return _matmul_lhs_last(w_t, patches.reshape(w.shape[0], -1)).reshape(o, n, oh, ow)
+    y = _matmul_lhs_last(w_t, patches.reshape(w.shape[0], -1), matmul_dtype)
+    return y.reshape(o, n, oh, ow)
 
 
 def _space_to_depth(x):
@@ -121,8 +210,9 @@ def _space_to_depth(x):
     return x.reshape(n, h2, w2, 4 * c)
 
 
-def conv_stride2_matmul(x, kernel):
-    """A VALID stride-2 convolution with an even k x k kernel, as one matmul.
+def conv_stride2_matmul(x, kernel, matmul_dtype=None):
+    """A VALID stride-2 convolution with an even k x k kernel, as one matmul (its operands
+    `matmul_dtype`, as `mixed_matmul`; None: float32).
 
     x: (N, H, W, C); kernel: (k, k, C, O) HWIO -> (N, (H-k)//2+1, (W-k)//2+1, O).
 
@@ -139,7 +229,7 @@ def conv_stride2_matmul(x, kernel):
     patches = jnp.concatenate(
         [y[:, i : i + oh, j : j + ow] for i in range(a) for j in range(a)], axis=-1
     )
-    return jnp.einsum("nhwk,ko->nhwo", patches, w)
+    return _matmul(patches, w, matmul_dtype)
 
 
 def _transpose_pad_before(k: int, padding: str) -> int:
@@ -151,7 +241,7 @@ def _transpose_pad_before(k: int, padding: str) -> int:
     raise ValueError(f"conv_transpose_stride2_matmul takes VALID or SAME padding, got {padding!r}")
 
 
-def _full_conv_input_side(x, wm):
+def _full_conv_input_side(x, wm, matmul_dtype=None):
     """(N, H, W, C), wm (A, A, C, 2, 2, O) -> (N, H+A-1, W+A-1, 4 O): slices, then a matmul."""
     a, c, o = wm.shape[0], wm.shape[2], wm.shape[5]
     gh, gw = x.shape[1] + a - 1, x.shape[2] + a - 1
@@ -159,16 +249,16 @@ def _full_conv_input_side(x, wm):
     patches = jnp.concatenate(
         [xp[:, i : i + gh, j : j + gw] for i in range(a) for j in range(a)], axis=-1
     )
-    return jnp.einsum("nhwk,ko->nhwo", patches, wm.reshape(a * a * c, 4 * o))
+    return _matmul(patches, wm.reshape(a * a * c, 4 * o), matmul_dtype)
 
 
-def _full_conv_output_side(x, wm):
+def _full_conv_output_side(x, wm, matmul_dtype=None):
     """As `_full_conv_input_side`: a matmul to every tap, then shifted adds."""
     a, c, o = wm.shape[0], wm.shape[2], wm.shape[5]
     # Tap a = A - 1 - b lands a rows/columns below its input pixel.
     wo = wm[::-1, ::-1].transpose(2, 0, 1, 3, 4, 5).reshape(c, a * a * 4 * o)
     # Split, not index: the gradient then concatenates instead of scattering into zeros.
-    taps = jnp.split(jnp.einsum("nhwc,ck->nhwk", x, wo), a * a, axis=-1)
+    taps = jnp.split(_matmul(x, wo, matmul_dtype), a * a, axis=-1)
     return sum(
         jnp.pad(taps[i * a + j], ((0, 0), (i, a - 1 - i), (j, a - 1 - j), (0, 0)))
         for i in range(a)
@@ -176,7 +266,7 @@ def _full_conv_output_side(x, wm):
     )
 
 
-def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
+def conv_transpose_stride2_matmul(x, kernel, padding="VALID", matmul_dtype=None):
     """`lax.conv_transpose(x, kernel, (2, 2), padding)` (flax's `nn.ConvTranspose`, kernel not
     transposed), written as one matmul and a depth-to-space.
 
@@ -212,7 +302,7 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID"):
     gh, gw = h + a - 1, w + a - 1
     output_side = c > 4 * o or gh * gw > 2 * h * w
     full = _full_conv_output_side if output_side else _full_conv_input_side
-    y = full(x, wm)
+    y = full(x, wm, matmul_dtype)
     y = y.reshape(n, gh, gw, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * gh, 2 * gw, o)
     off = (k - 1) - _transpose_pad_before(k, padding)
     oh, ow = (2 * h + k - 2, 2 * w + k - 2) if padding == "VALID" else (2 * h, 2 * w)
@@ -239,6 +329,8 @@ class StridedConv(nn.Module):
     padding: str = "VALID"
     # (C, N, H, W) in and out instead of NHWC: the matmul forward conv only (ConvEncoder's).
     channel_major: bool = False
+    # The products' operand dtype, accumulated in float32 (`precision_dtypes`); None: float32.
+    matmul_dtype: Any = None
 
     @nn.compact
     def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features); see channel_major
@@ -256,18 +348,21 @@ class StridedConv(nn.Module):
         kernel = self.param("kernel", glorot, (k, k, c, self.features))
         bias = self.param("bias", zeros, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        md = self.matmul_dtype
         if self.channel_major:
-            return conv_stride2_matmul_cm(x, kernel) + bias[:, None, None, None]
+            return conv_stride2_matmul_cm(x, kernel, md) + bias[:, None, None, None]
         dims = ("NHWC", "HWIO", "NHWC")
         matmul = self.impl == "matmul"
-        if self.transpose and matmul:
-            y = conv_transpose_stride2_matmul(x, kernel, self.padding)
-        elif self.transpose:
-            y = jax.lax.conv_transpose(x, kernel, (2, 2), self.padding, dimension_numbers=dims)
+        if matmul and self.transpose:
+            y = conv_transpose_stride2_matmul(x, kernel, self.padding, md)
         elif matmul:
-            y = conv_stride2_matmul(x, kernel)
+            y = conv_stride2_matmul(x, kernel, md)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=dims)
+            # lax.conv* with `md` operands and a float32 result; its VJP is JAX's own.
+            (x, kernel), out = _operands(md, x, kernel)
+            conv = jax.lax.conv_transpose if self.transpose else jax.lax.conv_general_dilated
+            pad = self.padding if self.transpose else "VALID"
+            y = conv(x, kernel, (2, 2), pad, dimension_numbers=dims, preferred_element_type=out)
         return y + bias
 
 
@@ -281,6 +376,7 @@ class ConvEncoder(nn.Module):
     dtype: Any = None
     # "xla" | "matmul" | "matmul_cm" (resolved); same parameters and outputs in every case
     conv_impl: str = "xla"
+    matmul_dtype: Any = None  # the products' operands, as StridedConv
 
     @nn.compact
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
@@ -295,7 +391,13 @@ class ConvEncoder(nn.Module):
             # Named as nn.Conv would be: parameter trees are those of earlier checkpoints.
             impl = "matmul" if cm else self.conv_impl
             conv = StridedConv(
-                self.depth * 2**i, 4, impl, self.dtype, channel_major=cm, name=f"Conv_{i}"
+                self.depth * 2**i,
+                4,
+                impl,
+                self.dtype,
+                channel_major=cm,
+                matmul_dtype=self.matmul_dtype,
+                name=f"Conv_{i}",
             )
             x = nn.relu(conv(x))
         if cm:
@@ -310,12 +412,14 @@ class MLPEncoder(nn.Module):
     hidden: int = 128
     layers: int = 3
     embed: int = 1024
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, x):
+        md = self.matmul_dtype
         for _ in range(self.layers):
-            x = nn.relu(dense(self.hidden)(x))
-        return nn.relu(dense(self.embed)(x))
+            x = nn.relu(dense(self.hidden, matmul_dtype=md)(x))
+        return nn.relu(dense(self.embed, matmul_dtype=md)(x))
 
 
 class ExpertHead(nn.Module):
@@ -325,11 +429,13 @@ class ExpertHead(nn.Module):
     size: int = 1024
     min_std: float = 0.1
     dtype: Any = None  # compute dtype, as ConvEncoder
+    matmul_dtype: Any = None  # the products' operands, as ConvEncoder
 
     @nn.compact
     def __call__(self, e):
-        h = nn.relu(dense(self.hidden, dtype=self.dtype)(e))
-        out = dense(2 * self.size, dtype=self.dtype)(h).astype(jnp.float32)
+        h = nn.relu(dense(self.hidden, dtype=self.dtype, matmul_dtype=self.matmul_dtype)(e))
+        out = dense(2 * self.size, dtype=self.dtype, matmul_dtype=self.matmul_dtype)(h)
+        out = out.astype(jnp.float32)
         mean, raw = jnp.split(out, 2, axis=-1)
         return mean, nn.softplus(raw) + self.min_std
 
@@ -341,6 +447,7 @@ class KerasGRU(nn.Module):
     """
 
     size: int = 200
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, x, h):
@@ -348,8 +455,8 @@ class KerasGRU(nn.Module):
         kernel = self.param("kernel", glorot, (x.shape[-1], 3 * n))
         recurrent = self.param("recurrent_kernel", nn.initializers.orthogonal(), (n, 3 * n))
         bias = self.param("bias", zeros, (2, 3 * n))
-        xs = x @ kernel + bias[0]
-        hs = h @ recurrent + bias[1]
+        xs = _matmul(x, kernel, self.matmul_dtype) + bias[0]
+        hs = _matmul(h, recurrent, self.matmul_dtype) + bias[1]
         xz, xr, xh = jnp.split(xs, 3, axis=-1)
         hz, hr, hh = jnp.split(hs, 3, axis=-1)
         z = jax.nn.sigmoid(xz + hz)
@@ -378,18 +485,20 @@ class RSSMCell(nn.Module):
     hidden: int = 200
     min_std: float = 0.1
     layers: int = 1
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     def setup(self):
-        more = lambda: [dense(self.hidden) for _ in range(self.layers - 1)]
-        self.img1 = dense(self.hidden)
+        d = functools.partial(dense, matmul_dtype=self.matmul_dtype)
+        more = lambda: [d(self.hidden) for _ in range(self.layers - 1)]
+        self.img1 = d(self.hidden)
         self.img1_more = more()
-        self.gru = KerasGRU(self.deter)
-        self.img2 = dense(self.hidden)
+        self.gru = KerasGRU(self.deter, self.matmul_dtype)
+        self.img2 = d(self.hidden)
         self.img2_more = more()
-        self.img3 = dense(2 * self.stoch)
-        self.obs1 = dense(self.hidden)
+        self.img3 = d(2 * self.stoch)
+        self.obs1 = d(self.hidden)
         self.obs1_more = more()
-        self.obs2 = dense(2 * self.stoch)
+        self.obs2 = d(2 * self.stoch)
 
     @staticmethod
     def _mlp(first, more, x):
@@ -430,12 +539,13 @@ class DenseHead(nn.Module):
     units: int = 400
     layers: int = 2
     out: int = 1
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, x):
         for _ in range(self.layers):
-            x = nn.elu(dense(self.units)(x))
-        return dense(self.out)(x)
+            x = nn.elu(dense(self.units, matmul_dtype=self.matmul_dtype)(x))
+        return dense(self.out, matmul_dtype=self.matmul_dtype)(x)
 
 
 class TwinQ(nn.Module):
@@ -443,13 +553,15 @@ class TwinQ(nn.Module):
 
     units: int = 400
     layers: int = 3
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, feat, action):
         x = jnp.concatenate([feat, action], -1)
-        return jnp.concatenate(
-            [DenseHead(self.units, self.layers, 1, name=f"q{i}")(x) for i in range(2)], -1
-        )
+        heads = [
+            DenseHead(self.units, self.layers, 1, self.matmul_dtype, name=f"q{i}") for i in range(2)
+        ]
+        return jnp.concatenate([q(x) for q in heads], -1)
 
 
 class GHead(nn.Module):
@@ -457,10 +569,11 @@ class GHead(nn.Module):
 
     size: int = 1024
     activation: str = "relu"
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, feat):
-        x = dense(self.size)(feat)
+        x = dense(self.size, matmul_dtype=self.matmul_dtype)(feat)
         return nn.relu(x) if self.activation == "relu" else x
 
 
@@ -471,9 +584,11 @@ class CVRLHeads(nn.Module):
     form: str = "reference"
     obs_hidden: int = 400
     state_hidden: int = 200
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, feat, x):
+        dense = functools.partial(_dense, matmul_dtype=self.matmul_dtype)
         if self.form == "reference":
             xs = nn.elu(dense(self.state_hidden)(nn.elu(dense(self.obs_hidden)(x))))
             zs = nn.elu(dense(self.state_hidden)(nn.elu(dense(self.state_hidden)(feat))))
@@ -489,9 +604,11 @@ class CoRALHeads(nn.Module):
     proj: int = 50
     state_hidden: int = 256
     temp_init: float = 1.0
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, embed, feat):
+        dense = functools.partial(_dense, matmul_dtype=self.matmul_dtype)
         o = nn.LayerNorm()(dense(self.proj)(embed))
         z = feat
         for _ in range(2):
@@ -514,17 +631,19 @@ class ImageDecoder(nn.Module):
     depth: int = 32
     dtype: Any = None  # compute dtype, as ConvEncoder
     conv_impl: str = "xla"  # as ConvEncoder
+    matmul_dtype: Any = None  # the products' operands, as ConvEncoder
 
     @nn.compact
     def __call__(self, feat):
         x, lead = _flatten_lead(feat, 1)
         if self.size == 64:
-            x = dense(32 * self.depth, dtype=self.dtype)(x).reshape((-1, 1, 1, 32 * self.depth))
+            x = dense(32 * self.depth, dtype=self.dtype, matmul_dtype=self.matmul_dtype)(x)
+            x = x.reshape((-1, 1, 1, 32 * self.depth))
             layers = [(4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (self.channels, 6)]
             padding = "VALID"
         else:
             s = self.size // 8
-            x = dense(s * s * 4 * self.depth, dtype=self.dtype)(x)
+            x = dense(s * s * 4 * self.depth, dtype=self.dtype, matmul_dtype=self.matmul_dtype)(x)
             x = x.reshape((-1, s, s, 4 * self.depth))
             layers = [(2 * self.depth, 4), (self.depth, 4), (self.channels, 4)]
             padding = "SAME"
@@ -532,7 +651,16 @@ class ImageDecoder(nn.Module):
         impl = "matmul" if self.conv_impl == "matmul_cm" else self.conv_impl
         for i, (c, k) in enumerate(layers):
             # Named as nn.ConvTranspose would be: parameter trees are those of old checkpoints.
-            conv = StridedConv(c, k, impl, self.dtype, True, padding, name=f"ConvTranspose_{i}")
+            conv = StridedConv(
+                c,
+                k,
+                impl,
+                self.dtype,
+                True,
+                padding,
+                matmul_dtype=self.matmul_dtype,
+                name=f"ConvTranspose_{i}",
+            )
             x = conv(x)
             x = nn.relu(x) if i < len(layers) - 1 else x
         return x.reshape(lead + x.shape[1:]).astype(jnp.float32)
@@ -544,7 +672,8 @@ class MLPDecoder(nn.Module):
     out: int = 2
     units: int = 96
     layers: int = 3
+    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, feat):
-        return DenseHead(self.units, self.layers, self.out)(feat)
+        return DenseHead(self.units, self.layers, self.out, self.matmul_dtype)(feat)

@@ -150,14 +150,15 @@ def _flat(x):
     return x.reshape((-1,) + x.shape[2:])  # (B, T, ...) -> (N, ...)
 
 
-def _dtype(config):
-    # Image decoders compute in bfloat16 with the encoders (world_model.py); losses stay f32.
-    return jnp.bfloat16 if config.model.precision == "bfloat16" else None
+def _dtypes(config):
+    # Image decoders follow the encoders' precision (world_model.py); losses stay f32.
+    return networks.precision_dtypes(config.model.precision)
 
 
 # ----------------------------------------------------------------------------- MuMMI
 def _g_head(config, shapes, modalities):
-    return {"g": networks.GHead(config.model.fused, config.model.g_activation)}
+    md = _dtypes(config)[1]
+    return {"g": networks.GHead(config.model.fused, config.model.g_activation, md)}
 
 
 def _g_init(modules, keys, embeds, feat):
@@ -193,7 +194,8 @@ def _mummi_b_loss(ctx: LossContext, modalities):
 # ----------------------------------------------------------------------------- CVRL
 def _cvrl_head(config, shapes, modalities):
     m = config.model
-    return {"cvrl": networks.CVRLHeads(m.cvrl_head, m.cvrl_obs_hidden, m.cvrl_state_hidden)}
+    md = _dtypes(config)[1]
+    return {"cvrl": networks.CVRLHeads(m.cvrl_head, m.cvrl_obs_hidden, m.cvrl_state_hidden, md)}
 
 
 def _cvrl_init(modules, keys, embeds, feat):
@@ -224,15 +226,18 @@ def _cvrl_loss(ctx: LossContext, modalities):
 # ----------------------------------------------------------------------------- reconstruction
 def _decoders(config, shapes, modalities):
     m = config.model
+    dtype, matmul_dtype = _dtypes(config)
     out = {}
     for name in modalities:
         shape = shapes[name]
         if len(shape) == 3:
             out[f"dec_{name}"] = networks.ImageDecoder(
-                shape[0], shape[-1], m.cnn_depth, _dtype(config), m.conv_impl
+                shape[0], shape[-1], m.cnn_depth, dtype, m.conv_impl, matmul_dtype
             )
         else:
-            out[f"dec_{name}"] = networks.MLPDecoder(shape[-1], m.decoder_touch_hidden, 3)
+            out[f"dec_{name}"] = networks.MLPDecoder(
+                shape[-1], m.decoder_touch_hidden, 3, matmul_dtype
+            )
     return out
 
 
@@ -270,7 +275,9 @@ def _recon_loss(ctx: LossContext, modalities):
 def _coral_heads(config, shapes, modalities):
     m, temp = config.model, config.loss.coral_temp_init
     return {
-        f"coral_{name}": networks.CoRALHeads(m.coral_proj, m.coral_state_hidden, temp)
+        f"coral_{name}": networks.CoRALHeads(
+            m.coral_proj, m.coral_state_hidden, temp, _dtypes(config)[1]
+        )
         for name in modalities
     }
 

@@ -82,30 +82,35 @@ class WorldModel:
     def __post_init__(self):
         c, m = self.config, self.config.model
         mods = {}
-        # Image encoders/decoders and expert heads hold almost all the FLOPs; the RSSM,
-        # heads and every loss stay float32 (the reference's mixed float16, in bfloat16).
-        dtype = jnp.bfloat16 if m.precision == "bfloat16" else None
+        # model.precision: "bfloat16" computes the image encoders/decoders and expert heads,
+        # almost all the FLOPs, in bf16 (the RSSM, heads and losses stay f32);
+        # "bfloat16_matmul" rounds every network's product operands (networks.precision_dtypes).
+        dtype, matmul_dtype = networks.precision_dtypes(m.precision)
         self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
         # The runner hands over the form it resolved for its seeds per device; an agent built
         # directly from an `auto` config gets the one-seed rule (a no-op for xla | matmul).
         conv = resolve_conv_impl(m.conv_impl)
         for name, shape in self.shapes.items():
             if len(shape) == 3:
-                mods[f"enc_{name}"] = networks.ConvEncoder(m.cnn_depth, m.cnn_layers, dtype, conv)
+                mods[f"enc_{name}"] = networks.ConvEncoder(
+                    m.cnn_depth, m.cnn_layers, dtype, conv, matmul_dtype
+                )
             else:
                 hidden = m.proprio_hidden if name == "proprio" else m.touch_hidden
                 layers = m.proprio_layers if name == "proprio" else m.touch_layers
                 if name not in ("proprio", "touch"):  # toy sensors: small MLPs
                     hidden, layers = m.touch_hidden, m.touch_layers
-                mods[f"enc_{name}"] = networks.MLPEncoder(hidden, layers, m.embed)
+                mods[f"enc_{name}"] = networks.MLPEncoder(hidden, layers, m.embed, matmul_dtype)
         self.poe = m.fusion == "poe"
         if self.poe:
             for name in self.shapes:
                 mods[f"expert_{name}"] = networks.ExpertHead(
-                    m.expert_hidden, m.fused, m.min_std, dtype
+                    m.expert_hidden, m.fused, m.min_std, dtype, matmul_dtype
                 )
-        mods["rssm"] = networks.RSSMCell(m.stoch, m.deter, m.hidden, m.min_std, m.rssm_layers)
-        mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1)
+        mods["rssm"] = networks.RSSMCell(
+            m.stoch, m.deter, m.hidden, m.min_std, m.rssm_layers, matmul_dtype
+        )
+        mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1, matmul_dtype)
         # Representation heads (objectives.py): heads shared over modalities first, in
         # registry order, then each modality's own, in the task's order. `init` draws their
         # keys in this order, the order they had before the registry, so seeds keep their params.
@@ -121,11 +126,13 @@ class WorldModel:
             self.heads.append((name, modalities, list(built)))
         self.modules = mods
         self.feat_size = m.stoch + m.deter
-        self.actor = networks.DenseHead(m.units, m.actor_layers, 2 * self.action_dim)
-        self.value = networks.DenseHead(m.units, m.value_layers, 1)
+        self.actor = networks.DenseHead(m.units, m.actor_layers, 2 * self.action_dim, matmul_dtype)
+        self.value = networks.DenseHead(m.units, m.value_layers, 1, matmul_dtype)
         b = c.behavior
-        self.sac_actor = networks.DenseHead(b.sac_hidden, b.sac_layers, 2 * self.action_dim)
-        self.sac_critic = networks.TwinQ(b.sac_hidden, b.sac_layers)
+        self.sac_actor = networks.DenseHead(
+            b.sac_hidden, b.sac_layers, 2 * self.action_dim, matmul_dtype
+        )
+        self.sac_critic = networks.TwinQ(b.sac_hidden, b.sac_layers, matmul_dtype)
 
     def init(self, key: jax.Array) -> dict:
         """Parameters of every world-model module, keyed by module name."""

@@ -323,6 +323,29 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
         assert np.isfinite(m16[k][0]) and m16[k][0] == pytest.approx(m32[k][0], rel=0.05), k
 
 
+def test_bfloat16_matmul_precision_trains_like_float32():
+    """`model.precision=bfloat16_matmul` (bf16 products, f32 accumulation and activations)
+    through a single run's train step: same parameters, float32 metrics close to float32's."""
+    cfg32 = presets.make_config("dreamer", "toy_position_camera", "tiny", overrides=TINY)
+    cfg16 = C.override(cfg32, {"model.precision": "bfloat16_matmul"})
+    spec = toy_spec(16)
+    a32, a16 = Agent(cfg32, spec, ACTION2), Agent(cfg16, spec, ACTION2)
+    init = lambda agent: agent.init(jax.random.key(0)).params
+    chex.assert_trees_all_equal(init(a32), init(a16))
+    batch = fixed_batch(a32, spec, 2, 4, 6)
+
+    def train(agent):
+        run = SeedParallel(agent, 1, jax.devices()[:1])
+        state, metrics = run.train(run.init([0]), jax.tree.map(lambda x: x[None], batch))
+        assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+        return metrics
+
+    m32, m16 = train(a32), train(a16)
+    for k in ("wm/loss", "wm/recon/camera", "wm/kl"):
+        assert np.isfinite(m16[k][0]) and m16[k][0] == pytest.approx(m32[k][0], rel=0.05), k
+    assert m16["wm/loss"][0] != m32["wm/loss"][0]  # the products really were rounded
+
+
 def test_mssm_e_drops_never_leave_a_step_without_its_present_modalities():
     """MSSM-e drops each present modality at random but never every present one (MuMMI
     Sec. VI). The old rule counted a missing modality's draw as a survivor, so a step whose

@@ -44,6 +44,21 @@ def test_reference_process_speaks_the_protocol_and_closes(tmp_path):
     assert side.proc.returncode == 0
 
 
+def test_reference_process_passes_the_precision_policy_on(tmp_path):
+    """`--reference_policy=mixed_bfloat16` reaches the timing script; float32 adds nothing
+    (the script's default), so older checkouts of the harness keep working."""
+    argv = tmp_path / "argv"
+    body = f"open({str(argv)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n" + ANSWERS
+    for policy in ("mixed_bfloat16", "float32"):
+        side = ref_bench.ReferenceProcess(
+            "checkout", _fake_python(tmp_path, body), "paper", False, policy=policy
+        )
+        side.close()
+    bf16, f32 = argv.read_text().splitlines()
+    assert bf16.endswith("--size=paper --no_decoders --policy=mixed_bfloat16")
+    assert "--policy" not in f32
+
+
 def test_reference_process_that_does_not_quit_is_killed(tmp_path):
     # TensorFlow can take minutes to exit at the paper size; the figures are read by then.
     hangs = 'print("ready 1 1", flush=True)\nimport time\ntime.sleep(600)\n'
@@ -71,7 +86,11 @@ def test_encoders_phase_places_the_gap(tmp_path):
     agent = Agent(cfg, spec, specs.BoundedArray((6,), np.float32, -1, 1))
     batch = jax.device_put(ts._batch(agent, spec, 1, 2, 3))
     state = agent.init(jax.random.key(0))
-    flags = types.SimpleNamespace(reference="checkout", tf_python=_fake_python(tmp_path, ANSWERS))
+    flags = types.SimpleNamespace(
+        reference="checkout",
+        tf_python=_fake_python(tmp_path, ANSWERS),
+        reference_policy="float32",
+    )
     update = {
         "reference_no_decoders_seconds": {"median": 1.0},
         "ours_seconds": {"median": 1.5},

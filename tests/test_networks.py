@@ -3,6 +3,7 @@ numbers, same gradients, same parameters); the conv form `auto` picks, and what 
 seeds makes of each."""
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -286,3 +287,117 @@ def test_conv_layers_benchmark_walks_the_encoders_layers():
     out = enc.apply(enc.init(jax.random.key(0), x), x)
     _, o, _, side = shapes[-1]
     assert out.shape == (1, o * side * side) == (1, 1024)
+
+
+def _bf16(x):
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+def test_mixed_matmul_rounds_every_operand_of_forward_and_backward_and_accumulates_in_f32():
+    """`mixed_matmul` (model.precision=bfloat16_matmul): x @ w of bf16-rounded operands in
+    float32, and a VJP whose cotangent is rounded too, with float32 gradients."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 40)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(40, 7)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
+    y, vjp = jax.vjp(lambda x, w: networks.mixed_matmul(x, w, jnp.bfloat16), x, w)
+    dx, dw = vjp(g)
+    assert y.dtype == dx.dtype == dw.dtype == jnp.float32
+    xb, wb, gb = _bf16(x), _bf16(w), _bf16(g)
+    np.testing.assert_allclose(y, xb @ wb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, gb @ wb.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, np.einsum("abk,abo->ko", xb, gb), rtol=1e-5, atol=1e-4)
+    # Not the float32 product: the rounding is really there (bf16 keeps 8 significant bits).
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    assert np.abs(np.asarray(y) - exact).max() > 1e-3
+    with pytest.raises(ValueError, match="Dense contraction"):
+        networks._mixed_dot_general(jnp.bfloat16)(x, w, (((0,), (0,)), ((), ())))
+
+
+def _dot_operand_dtypes(fn, *args):
+    """The operand dtypes of every dot_general in `fn`'s jaxpr, custom VJPs included."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("impl", ["matmul", "matmul_cm", "xla"])
+def test_bfloat16_matmul_encoder_decoder_and_expert_multiply_in_bf16_only(impl):
+    """Under `bfloat16_matmul` every product of the image networks' forward and backward takes
+    bf16 operands (where the CPU's speed is), while parameters, activations and outputs are
+    float32 and the parameters those of the float32 networks."""
+    dtype, md = networks.precision_dtypes("bfloat16_matmul")
+    assert dtype is None and md == jnp.bfloat16
+    x = jnp.asarray(np.random.default_rng(1).uniform(-0.5, 0.5, (6, 64, 64, 3)), jnp.float32)
+    enc = lambda md: networks.ConvEncoder(4, 4, None, impl, md)
+    expert = lambda md: networks.ExpertHead(16, 8, matmul_dtype=md)
+    nets = {
+        "encoder": (enc(None), enc(md), x),
+        "expert": (expert(None), expert(md), jnp.ones((6, 64))),
+    }
+    if impl != "matmul_cm":  # the decoders' layout is NHWC either way
+        dec32 = networks.ImageDecoder(64, 3, 4, None, impl)
+        dec16 = networks.ImageDecoder(64, 3, 4, None, impl, md)
+        nets["decoder"] = (dec32, dec16, jnp.ones((6, 10)))
+    for name, (f32, mixed, inp) in nets.items():
+        params = f32.init(jax.random.key(0), inp)
+        jax.tree.map(np.testing.assert_array_equal, params, mixed.init(jax.random.key(0), inp))
+        out = lambda p, net=mixed, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
+        assert out(params).dtype == jnp.float32, name
+        np.testing.assert_allclose(
+            out(params), jax.tree.leaves(f32.apply(params, inp))[0], rtol=0.05, atol=0.02
+        )
+        loss = lambda p, out=out: jnp.sum(jnp.sin(out(p)))
+        grads = jax.grad(loss)(params)
+        assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads)), name
+        dots = _dot_operand_dtypes(jax.grad(loss), params)
+        if impl == "xla" and name != "expert":
+            continue  # lax.conv is a convolution, not a dot; its dense layer is checked below
+        assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), (name, dots)
+
+
+def test_bfloat16_matmul_reaches_every_dense_network():
+    """The RSSM (its GRU included), the heads and the representation heads multiply in bf16
+    under `bfloat16_matmul`, with the float32 networks' parameters."""
+    md = jnp.bfloat16
+    state = {k: jnp.ones((3, n)) for k, n in (("mean", 4), ("std", 4), ("stoch", 4), ("deter", 8))}
+    noise = jnp.zeros((2, 3, 4))
+    cases = {
+        "rssm": (
+            lambda d: networks.RSSMCell(4, 8, 16, 0.1, 2, d),
+            (state, jnp.ones((3, 2)), jnp.ones((3, 5)), noise),
+        ),
+        "head": (lambda d: networks.DenseHead(16, 2, 3, d), (jnp.ones((3, 12)),)),
+        "twin_q": (lambda d: networks.TwinQ(16, 2, d), (jnp.ones((3, 12)), jnp.ones((3, 2)))),
+        "touch": (lambda d: networks.MLPEncoder(16, 2, 8, d), (jnp.ones((3, 2)),)),
+        "touch_decoder": (lambda d: networks.MLPDecoder(2, 16, 2, d), (jnp.ones((3, 12)),)),
+        "g": (lambda d: networks.GHead(8, "relu", d), (jnp.ones((3, 12)),)),
+        "cvrl": (
+            lambda d: networks.CVRLHeads("reference", 16, 8, d),
+            (jnp.ones((3, 12)), jnp.ones((3, 5))),
+        ),
+        "coral": (
+            lambda d: networks.CoRALHeads(8, 16, 1.0, d),
+            (jnp.ones((3, 5)), jnp.ones((3, 12))),
+        ),
+    }
+    for name, (make, args) in cases.items():
+        params = make(None).init(jax.random.key(0), *args)
+        jax.tree.map(np.testing.assert_array_equal, params, make(md).init(jax.random.key(0), *args))
+        loss = lambda p, net=make(md), args=args: sum(
+            jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(net.apply(p, *args))
+        )
+        dots = _dot_operand_dtypes(jax.grad(loss), params)
+        assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), (name, dots)
+        f32 = lambda p, net=make(None), args=args: jax.tree.leaves(net.apply(p, *args))
+        for a, b in zip(f32(params), jax.tree.leaves(make(md).apply(params, *args)), strict=True):
+            assert b.dtype == a.dtype
+            np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05)

@@ -79,3 +79,19 @@ def test_poe_shares_are_the_fusion_weights_of_each_form():
     )
     expect = shares["image"] * means["image"] + shares["depth"] * means["depth"]
     np.testing.assert_allclose(np.asarray(fused), expect, rtol=1e-5)
+
+
+def test_posterior_spread_is_a_geometric_mean_and_a_scale_free_ratio():
+    rng = np.random.default_rng(0)
+    mean = rng.standard_normal((500, 3)) * np.array([1.0, 2.0, 4.0])
+    std = np.exp(rng.uniform(-1, 1, (500, 3)))
+    got = P.posterior_spread(mean, std)
+    assert np.isclose(got["post_std"], np.exp(np.log(std).mean()))
+    ratios = mean.std(0) / std.mean(0)
+    assert np.isclose(got["post_snr"], np.median(ratios))
+    # The KL cannot fix the latent's scale; the ratio does not move with it, the std does.
+    scaled = P.posterior_spread(7.0 * mean, 7.0 * std)
+    assert np.isclose(scaled["post_snr"], got["post_snr"])
+    assert np.isclose(scaled["post_std"], 7.0 * got["post_std"])
+    assert np.isclose(P._r2(np.array([1.0, 2.0, 3.0]), np.full(3, 2.0)), 0.0)
+    assert np.isnan(P._r2(np.zeros(4), np.ones(4)))  # nothing to explain: no R^2

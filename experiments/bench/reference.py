@@ -7,9 +7,12 @@ the user's checkout, nothing copied) twice, as released and without its dead con
 (they run inside its model tape but feed nothing; XLA prunes ours), and our MuMMI train step
 at the same size (`--size=paper`: B = T = 50, H = 15, walker shapes, float32, world model +
 actor + value), then times one update of each in turn, `--repeats` rounds, so that the
-machine's drift falls on all three alike. Prints a float32 GEMM's rate measured in the same
-process first, each side's median and range, and the ratios; the CPU target is
-`ratio_vs_no_decoders` <= 1.0 (ours by default, no preloaded allocator, no flags).
+machine's drift falls on all three alike. `--reference_policy=mixed_bfloat16` runs the
+released code under that Keras policy (its `precision=16` in the form a CPU computes fast),
+to set beside ours with `--set model.precision=bfloat16_matmul` (each record names both).
+Prints a float32 GEMM's rate measured in the same process first, each side's median and
+range, and the ratios; the CPU target is `ratio_vs_no_decoders` <= 1.0 (ours by default, no
+preloaded allocator, no flags).
 
 With `--reference_parts` (the default), a second phase, once the update processes have
 ended (three TensorFlow processes and ours do not fit beside each other in 24 GB at the paper
@@ -47,7 +50,7 @@ ONEDNN_DEFAULT = "1"
 class ReferenceProcess:
     """The released code's update in a TensorFlow process, one update per `step()`."""
 
-    def __init__(self, checkout, tf_python, size, decoders: bool, part: str = "update"):
+    def __init__(self, checkout, tf_python, size, decoders: bool, part="update", policy="float32"):
         script = os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             "parity",
@@ -58,6 +61,8 @@ class ReferenceProcess:
             cmd.append("--no_decoders")
         if part != "update":
             cmd.append(f"--part={part}")
+        if policy != "float32":
+            cmd.append(f"--policy={policy}")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         env.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
         self.proc = subprocess.Popen(
@@ -121,11 +126,14 @@ def run(flags):
     yield {"what": "reference/gemm", "n": 2048, "gflops": gemm}
 
     sides = {}
+    policy = flags.reference_policy
     sides["reference_no_decoders"] = ReferenceProcess(
-        flags.reference, flags.tf_python, size, decoders=False
+        flags.reference, flags.tf_python, size, decoders=False, policy=policy
     )
     if flags.reference_decoders:
-        sides["reference"] = ReferenceProcess(flags.reference, flags.tf_python, size, decoders=True)
+        sides["reference"] = ReferenceProcess(
+            flags.reference, flags.tf_python, size, decoders=True, policy=policy
+        )
     try:
         agent = harness.make_agent(harness.make_config(size, 1), flags.set)
         cfg, spec = agent.config, ts._spec(64)
@@ -164,6 +172,8 @@ def run(flags):
             "reference_commit": reference_version(flags.reference),
             "allocator": ts.allocator(),
             "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),
+            "precision": cfg.model.precision,
+            "reference_policy": policy,
             "reference_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT),
             "ours_compile_seconds": compile_s,
             "ours_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -199,7 +209,12 @@ def _encoders_phase(flags, size, repeats, agent, state, batch, update, gemm):
         return time.perf_counter() - t
 
     reference = ReferenceProcess(
-        flags.reference, flags.tf_python, size, decoders=False, part="encoders"
+        flags.reference,
+        flags.tf_python,
+        size,
+        decoders=False,
+        part="encoders",
+        policy=flags.reference_policy,
     )
     try:
         ours()
@@ -210,7 +225,13 @@ def _encoders_phase(flags, size, repeats, agent, state, batch, update, gemm):
             times["ours_encoders"].append(ours())
     finally:
         reference.close()
-    record = {"what": "reference/encoders", "size": size, "repeats": repeats}
+    record = {
+        "what": "reference/encoders",
+        "size": size,
+        "repeats": repeats,
+        "precision": agent.config.model.precision,
+        "reference_policy": flags.reference_policy,
+    }
     for name, values in times.items():
         record[f"{name}_seconds"] = _summary(values)
     ref_enc = record["reference_encoders_seconds"]["median"]

@@ -89,7 +89,20 @@ def float32_casts(tf, models):
                 dtype = tf.keras.mixed_precision.global_policy().compute_dtype
             return tf.cast(x, dtype, name=name)
 
+    class _Linalg(types.ModuleType):
+        """TensorFlow's CPU kernels have no bfloat16 `DiagPart` (the InfoNCE's positives
+        under a `mixed_bfloat16` policy): the diagonal is read in float32 and cast back."""
+
+        def __getattr__(self, name):
+            return getattr(tf.linalg, name)
+
+        def tensor_diag_part(self, x, name=None):
+            if x.dtype != tf.bfloat16:
+                return tf.linalg.tensor_diag_part(x, name=name)
+            return tf.cast(tf.linalg.tensor_diag_part(tf.cast(x, tf.float32)), tf.bfloat16)
+
     models.tf = _TF("tf")
+    models.tf.linalg = _Linalg("linalg")
 
 
 def import_reference(checkout: str):
@@ -172,8 +185,10 @@ class _NoDecoder:
         return types.SimpleNamespace(mode=zeros)
 
 
-def build(args, cfg, eager_rssm=True, dead_decoders=True):
-    """The reference agent at `cfg`'s sizes, float32, its variables built on
+def build(args, cfg, eager_rssm=True, dead_decoders=True, policy="float32"):
+    """The reference agent at `cfg`'s sizes, float32 (or under the Keras mixed-precision
+    `policy`, e.g. "mixed_bfloat16": every layer computes in it, variables stay float32, as
+    the released `precision=16` does with float16), its variables built on
     `cfg["first_batch"]`. `eager_rssm` unwraps the RSSM's `tf.function`s (so that the parity
     recorder sees values; timing keeps them); `dead_decoders=False` builds it with its two
     conv decoders replaced by no-ops: they run inside the model tape but feed nothing of the
@@ -188,6 +203,7 @@ def build(args, cfg, eager_rssm=True, dead_decoders=True):
 
     config = mummi.define_config()
     config.precision = 32
+    tf.keras.mixed_precision.set_global_policy(policy)
     config.batch_size, config.batch_length = cfg["batch"], cfg["length"]
     config.cnn_depth, config.deter_size, config.stoch_size = (
         cfg["cnn_depth"],
@@ -200,6 +216,9 @@ def build(args, cfg, eager_rssm=True, dead_decoders=True):
 
     def load_dataset(directory, config):
         data = {k: tf.constant(v) for k, v in first.items()}
+        if policy != "float32":  # the released `Collect` stores floats in the compute dtype
+            dtype = tf.keras.mixed_precision.global_policy().compute_dtype
+            data = {k: tf.cast(v, dtype) if v.dtype.is_floating else v for k, v in data.items()}
         dataset = tf.data.Dataset.from_tensors(data).repeat()
         return dataset.map(functools.partial(mummi.preprocess, config=config))
 

@@ -2,7 +2,7 @@
 `python -m experiments.benchmark --what=reference`.
 
     TFPYTHON -m experiments.parity.reference_timing --checkout=MuMMI --size=paper [--no_decoders]
-        [--part=update|encoders]
+        [--part=update|encoders] [--policy=float32|mixed_bfloat16]
 
 Runs in the TensorFlow environment (`experiments/parity/__main__.py` says how to make one).
 Builds the released agent as released (float32; its `train` a `tf.function` under its
@@ -16,6 +16,11 @@ stdout (`seconds <s>`), so that the caller can alternate it with ours. `quit` en
 with respect to their weights, on the batch's B * T frames): the part our
 `--what=train_step` calls "encoders", computed the same way, so that the two sides' gap can be
 split between the convolutions and the rest.
+
+`--policy=mixed_bfloat16` runs either under that Keras policy: every layer computes in
+bfloat16, variables stay float32, the batch's floats are stored in bfloat16 — the released
+`precision=16` (`mixed_float16`, its default, run on GPUs) in the form a CPU with AVX512-BF16
+computes fast; float16 has no fast CPU path.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ def encoders_step(args, cfg):
     """A function that runs the released encoders' forward + backward once (module
     docstring); traced and run twice before it returns."""
     tf, _, _, models, _ = reference_side.import_reference(args.checkout)
+    tf.keras.mixed_precision.set_global_policy(args.policy)  # Keras layers cast their inputs
     batch = cfg["first_batch"]
     obs = {
         "image": tf.constant(batch["image"].astype(np.float32) / 255.0 - 0.5),
@@ -89,6 +95,12 @@ def main():
     parser.add_argument("--size", choices=sorted(SIZES), default="paper")
     parser.add_argument("--no_decoders", action="store_true", help="Drop the dead decoders.")
     parser.add_argument("--part", choices=("update", "encoders"), default="update")
+    parser.add_argument(
+        "--policy",
+        choices=("float32", "mixed_bfloat16"),
+        default="float32",
+        help="Keras precision policy: mixed_bfloat16 is the released precision=16's CPU form.",
+    )
     args = parser.parse_args()
     # The reference prints as it builds and trains; our answers go to the real stdout alone.
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
@@ -100,7 +112,7 @@ def main():
         step = encoders_step(args, cfg)
     else:
         *_, agent, _ = reference_side.build(
-            args, cfg, eager_rssm=False, dead_decoders=not args.no_decoders
+            args, cfg, eager_rssm=False, dead_decoders=not args.no_decoders, policy=args.policy
         )
 
         def step():
