@@ -36,13 +36,15 @@ def precision_dtypes(precision: str):
 
     "bfloat16": those image and expert layers compute in bfloat16 (activations too; cuDNN's
     fast kernels on a GPU); the RSSM, the heads and the losses stay float32.
-    "bfloat16_matmul": every network's products (convs, dense layers, the GRU) take bfloat16
-    operands and accumulate in float32; everything between them stays float32, and the
-    losses' own products (InfoNCE, KL) are float32. The counterpart of the released code's
-    mixed precision (every Keras layer in float16) in the form a CPU computes fast: with
-    AVX512-BF16 XLA runs a bf16 x bf16 -> f32 product about 1.6x faster than float32, while
-    bfloat16 elementwise work (the other form's) is slower than float32 (BENCHMARKS.md,
-    "Mixed-precision products")."""
+    "bfloat16_matmul": every network's products (convs in a matmul form, dense layers, the
+    GRU) take bfloat16 operands and accumulate in float32; everything between them stays
+    float32, and so do the losses' own products (InfoNCE) and the low-dimensional sensors'
+    encoders (`MLPEncoder`: touch, proprioception, the toy's sensors), a negligible share of
+    the FLOPs: with their few inputs' products in bf16 the toy learning check fails (29
+    against random 52; 146 with them in float32). The counterpart of the released code's
+    mixed precision (every Keras layer in float16) in the form a CPU with AVX512-BF16
+    computes fast, where bf16 elementwise work (the other form's) is slower than float32
+    (BENCHMARKS.md, "Mixed-precision products")."""
     forms = {"float32": (None, None), "bfloat16": (jnp.bfloat16, None)}
     forms["bfloat16_matmul"] = (None, jnp.bfloat16)
     if precision not in forms:
@@ -357,12 +359,18 @@ class StridedConv(nn.Module):
             y = conv_transpose_stride2_matmul(x, kernel, self.padding, md)
         elif matmul:
             y = conv_stride2_matmul(x, kernel, md)
+        elif md is not None:
+            # JAX's VJP of a bf16 conv with a f32 result runs its backward convs in f32 and
+            # rounds the gradients to bf16: neither fast nor float32-exact.
+            raise ValueError(
+                "model.precision=bfloat16_matmul needs a matmul conv form, not xla: set "
+                "model.conv_impl=matmul (or matmul_cm), or use model.precision=bfloat16 "
+                "(the GPU form, for cuDNN's convolutions)"
+            )
         else:
-            # lax.conv* with `md` operands and a float32 result; its VJP is JAX's own.
-            (x, kernel), out = _operands(md, x, kernel)
             conv = jax.lax.conv_transpose if self.transpose else jax.lax.conv_general_dilated
             pad = self.padding if self.transpose else "VALID"
-            y = conv(x, kernel, (2, 2), pad, dimension_numbers=dims, preferred_element_type=out)
+            y = conv(x, kernel, (2, 2), pad, dimension_numbers=dims)
         return y + bias
 
 
@@ -412,14 +420,13 @@ class MLPEncoder(nn.Module):
     hidden: int = 128
     layers: int = 3
     embed: int = 1024
-    matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
 
     @nn.compact
     def __call__(self, x):
-        md = self.matmul_dtype
+        # Always float32, also under bfloat16_matmul (precision_dtypes says why).
         for _ in range(self.layers):
-            x = nn.relu(dense(self.hidden, matmul_dtype=md)(x))
-        return nn.relu(dense(self.embed, matmul_dtype=md)(x))
+            x = nn.relu(dense(self.hidden)(x))
+        return nn.relu(dense(self.embed)(x))
 
 
 class ExpertHead(nn.Module):

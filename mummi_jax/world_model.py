@@ -100,7 +100,7 @@ class WorldModel:
                 layers = m.proprio_layers if name == "proprio" else m.touch_layers
                 if name not in ("proprio", "touch"):  # toy sensors: small MLPs
                     hidden, layers = m.touch_hidden, m.touch_layers
-                mods[f"enc_{name}"] = networks.MLPEncoder(hidden, layers, m.embed, matmul_dtype)
+                mods[f"enc_{name}"] = networks.MLPEncoder(hidden, layers, m.embed)
         self.poe = m.fusion == "poe"
         if self.poe:
             for name in self.shapes:

@@ -7,13 +7,14 @@ import re
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax import presets, prng
+from mummi_jax import networks, presets, prng
 from mummi_jax.agent import Agent, drop_modalities, get_path, optimizer_paths
 from mummi_jax.parallel import SeedParallel
 
@@ -344,6 +345,24 @@ def test_bfloat16_matmul_precision_trains_like_float32():
     for k in ("wm/loss", "wm/recon/camera", "wm/kl"):
         assert np.isfinite(m16[k][0]) and m16[k][0] == pytest.approx(m32[k][0], rel=0.05), k
     assert m16["wm/loss"][0] != m32["wm/loss"][0]  # the products really were rounded
+
+
+@pytest.mark.parametrize("method", ["mummi", "cvrl", "dreamer", "mssm_e"])
+def test_bfloat16_matmul_reaches_every_network_but_the_sensor_encoders(method):
+    """Every module the agent multiplies with takes bf16 operands under `bfloat16_matmul`,
+    but the low-dimensional sensors' MLP encoders (float32: networks.precision_dtypes)."""
+    cfg = presets.make_config(
+        method, "walker_walk", "tiny", overrides=["model.precision=bfloat16_matmul"]
+    )
+    nets = Agent(cfg, walker_spec(), ACTION6).nets
+    modules = {**nets.modules, "actor": nets.actor, "value": nets.value}
+    modules.update(sac_actor=nets.sac_actor, sac_critic=nets.sac_critic)
+    for name, module in modules.items():
+        if isinstance(module, networks.MLPEncoder):
+            assert not hasattr(module, "matmul_dtype"), name
+        else:
+            assert module.matmul_dtype == jnp.bfloat16, name
+    assert any(isinstance(m, networks.MLPEncoder) for m in modules.values())  # touch
 
 
 def test_mssm_e_drops_never_leave_a_step_without_its_present_modalities():
