@@ -262,9 +262,10 @@ def probe(
         flags = {m: batch[f"{m}_flag"] for m in experts}
         stds = {m: v[1] for m, v in experts.items()}
         shares = poe_shares(stds, config.model.poe, flags, config.model.poe_prior_expert)
-        return feat, reward, reward_at_mean, post, imagined, means, shares, aux["fused"]
+        spread = post["mean"], post["std"]
+        return feat, reward, reward_at_mean, spread, imagined, means, shares, aux["fused"]
 
-    feat, reward, reward_at_mean, post, imagined, experts, shares, fused = jax.device_get(
+    feat, reward, reward_at_mean, spread, imagined, experts, shares, fused = jax.device_get(
         analyse(state.params, batch, noise, jax.random.PRNGKey(config.seed + 2))
     )
     half = (n // 2) * length
@@ -306,7 +307,7 @@ def probe(
     res["reward_rmse"] = float(np.sqrt(np.mean((r_true - r_pred) ** 2)))
     res["reward_r2"] = _r2(r_true, r_pred)
     res["reward_r2_at_mean"] = _r2(r_true, np.asarray(reward_at_mean)[:, 1:].ravel())
-    res.update(posterior_spread(flat(post["mean"]), flat(post["std"])))
+    res.update(posterior_spread(*map(flat, spread)))
     if policy == "agent":  # the actor imagines its own actions: only then a calibration
         h = config.behavior.horizon
         real = np.stack(

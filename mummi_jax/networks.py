@@ -30,6 +30,13 @@ def dense(features, name=None, dtype=None, matmul_dtype=None):
 _dense = dense  # for modules whose local `dense` fixes the operand dtype
 
 
+_PRECISIONS = {
+    "float32": (None, None),
+    "bfloat16": (jnp.bfloat16, None),
+    "bfloat16_matmul": (None, jnp.bfloat16),
+}
+
+
 def precision_dtypes(precision: str):
     """`model.precision` -> (compute dtype of the image encoders, decoders and expert heads,
     operand dtype of every network's products); None is float32.
@@ -45,11 +52,16 @@ def precision_dtypes(precision: str):
     mixed precision (every Keras layer in float16) in the form a CPU with AVX512-BF16
     computes fast, where bf16 elementwise work (the other form's) is slower than float32
     (BENCHMARKS.md, "Mixed-precision products")."""
-    forms = {"float32": (None, None), "bfloat16": (jnp.bfloat16, None)}
-    forms["bfloat16_matmul"] = (None, jnp.bfloat16)
-    if precision not in forms:
-        raise ValueError(f"model.precision={precision!r}: one of {', '.join(forms)}")
-    return forms[precision]
+    if precision not in _PRECISIONS:
+        raise ValueError(f"model.precision={precision!r}: one of {', '.join(_PRECISIONS)}")
+    return _PRECISIONS[precision]
+
+
+def _operands(dtype, *xs):
+    """`xs` rounded to `dtype` and the products' result type (None: float32 throughout)."""
+    if dtype is None:
+        return xs, None
+    return tuple(x.astype(dtype) for x in xs), jnp.float32
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -65,15 +77,15 @@ def mixed_matmul(x, w, dtype):
 
 
 def _mixed_matmul_fwd(x, w, dtype):
-    x, w = x.astype(dtype), w.astype(dtype)
-    return jnp.einsum("...k,ko->...o", x, w, preferred_element_type=jnp.float32), (x, w)
+    (x, w), out = _operands(dtype, x, w)
+    return jnp.einsum("...k,ko->...o", x, w, preferred_element_type=out), (x, w)
 
 
 def _mixed_matmul_bwd(dtype, res, g):
     x, w = res
-    g = g.astype(dtype)
-    dx = jnp.einsum("...o,ko->...k", g, w, preferred_element_type=jnp.float32)
-    dw = jnp.einsum("...k,...o->ko", x, g, preferred_element_type=jnp.float32)
+    (g,), out = _operands(dtype, g)
+    dx = jnp.einsum("...o,ko->...k", g, w, preferred_element_type=out)
+    dw = jnp.einsum("...k,...o->ko", x, g, preferred_element_type=out)
     return dx, dw
 
 
@@ -141,13 +153,6 @@ def _matmul_lhs_last(a, b, dtype=None):
     behind an optimisation barrier, so that XLA cannot fold the transpose back into the dot.
     """
     return _matmul_lhs_last_fwd(a, b, dtype)[0]
-
-
-def _operands(dtype, *xs):
-    """`xs` rounded to `dtype` and the products' result type (None: float32 throughout)."""
-    if dtype is None:
-        return xs, None
-    return tuple(x.astype(dtype) for x in xs), jnp.float32
 
 
 def _matmul_lhs_last_fwd(a, b, dtype):
