@@ -142,7 +142,10 @@ def test_config_round_trips_through_json():
         ("optim.model_lr=0", "optim.model_lr=0.0 must be > 0"),
         ("behavior.gamma=1.5", r"behavior.gamma=1.5 must be in \[0, 1\]"),
         ("env.missing_test=0,2", "env.missing_test"),
-        ("env.touch_site=toe", "not a touch site of task 'walker_walk' \\(valid: sole, foot\\)"),
+        (
+            "env.touch_site=toe",
+            "not a touch site of task 'walker_walk' \\(valid: sole, sole_box, foot\\)",
+        ),
         ("env.background=/no/such/folder", "env.background='/no/such/folder' is not a folder"),
     ],
 )

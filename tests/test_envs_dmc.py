@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import dm_env  # noqa: E402
+import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from absl.testing import absltest  # noqa: E402
@@ -100,7 +101,7 @@ def _lift(physics, height):
     physics.forward()
 
 
-@pytest.mark.parametrize("site", ["sole", "foot"])
+@pytest.mark.parametrize("site", ["sole", "sole_box", "foot"])
 def test_walker_touch_on_ground_and_zero_in_air(site):
     env = _make("walker_stand", touch_site=site, time_limit=200, background="none")
     env.reset()
@@ -112,6 +113,41 @@ def test_walker_touch_on_ground_and_zero_in_air(site):
     _lift(env.physics, 3.0)
     ts = env.step(zero)
     np.testing.assert_array_equal(ts.observation["touch"], np.zeros(2, np.float32))
+
+
+@pytest.mark.parametrize(
+    "name, site, body, kind, pos, size",
+    [
+        (
+            "walker_walk",
+            "mummi_left_sole",
+            "left_foot",
+            "ELLIPSOID",
+            (0.01, 0, -0.06),
+            (0.15, 0.05, 0.02),
+        ),
+        (
+            "walker_walk",
+            "mummi_right_sole",
+            "right_foot",
+            "ELLIPSOID",
+            (0.01, 0, -0.06),
+            (0.15, 0.05, 0.02),
+        ),
+        ("cheetah_run", "mummi_bfoot_touch", "bfoot", "SPHERE", (0.06, 0, -0.197), (0.084,)),
+        ("cheetah_run", "mummi_ffoot_touch", "ffoot", "SPHERE", (0.09, 0, -0.14), (0.084,)),
+        ("cup_catch", "mummi_cup_touch", "cup", "ELLIPSOID", (0, 0, -0.092), (0.03, 0.01, 0.005)),
+    ],
+)
+def test_default_touch_sites_are_the_released_codes(name, site, body, kind, pos, size):
+    """The default site of each task is the released code's (reference-code.md 6.2)."""
+    model = _make(name, time_limit=2, modalities=("touch",)).physics.model
+    i = model.name2id(site, "site")
+    assert model.id2name(model.site_bodyid[i], "body") == body
+    assert model.site_type[i] == getattr(mujoco.mjtGeom, f"mjGEOM_{kind}")
+    np.testing.assert_allclose(model.site_pos[i], pos, atol=1e-9)
+    # A sphere uses only the first size entry (MuJoCo fills the rest with its default).
+    np.testing.assert_allclose(model.site_size[i][: len(size)], size, atol=1e-9)
 
 
 def _finger_pose(physics, touching):
@@ -224,7 +260,7 @@ def test_same_seed_same_observations():
     [
         (dict(name="walker_fly"), ["walker_walk", "cup_catch"]),
         (dict(name="walker_walk", modalities=("sound",)), ["image", "depth", "touch"]),
-        (dict(name="walker_walk", touch_site="toe"), ["sole", "foot"]),
+        (dict(name="walker_walk", touch_site="toe"), ["sole", "sole_box", "foot"]),
         (dict(name="walker_walk", composite="blue"), ["segmentation", "red_threshold"]),
         (dict(name="walker_walk", background="sunset"), ["default", "none"]),
         (dict(name="walker_walk", background_split="valid"), ["train", "test"]),

@@ -25,6 +25,18 @@ def test_grid_stages_in_order_and_cpu_budget_is_the_small_size():
     assert R.make_config(R.BUDGETS["gpu"], "mummi", "walker_walk", 0).train.steps == 2_000_000
 
 
+def test_cpu_grid_keeps_the_walker_touch_site_it_started_with():
+    """The CPU grid's walker runs all sense touch with the box it began with; other tasks and
+    the gpu grid take the task's default, the released code's site."""
+    cpu, gpu = R.BUDGETS["cpu"], R.BUDGETS["gpu"]
+    assert R.make_config(cpu, "mssm_e", "walker_walk", 2).env.touch_site == "sole_box"
+    assert R.make_config(cpu, "mummi", "finger_spin", 0).env.touch_site == ""
+    assert R.make_config(gpu, "mummi", "walker_walk", 0).env.touch_site == ""
+    # The run's own sets come last and win.
+    sets = ["env.touch_site=foot"]
+    assert R.make_config(cpu, "mummi", "walker_walk", 0, sets).env.touch_site == "foot"
+
+
 def test_status_reads_results_then_checkpoints(tmp_path):
     out = str(tmp_path)
     assert R.status(out, "mummi", "walker_walk", 0) == ("pending", 0)
@@ -138,3 +150,4 @@ def test_archive_keeps_finished_runs_across_a_fresh_checkout(tmp_path):
     assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in block
     assert "| walker_walk | mummi | none | 1 |" in block
     assert "docs/results/runs_cpu" in block
+    assert "per task: `walker_walk`: `env.touch_site=sole_box`" in block

@@ -54,10 +54,14 @@ COMPOSITES = ("segmentation", "red_threshold")
 
 # Our own site geometry (MuJoCo site attributes), in the named body's frame. group 4 is not
 # drawn by default, and rgba alpha 0 keeps it out of every render pass, so RGB is unchanged.
-# walker: the foot capsule lies along x (radius .05, half-length .1) at the body origin; the
-# sole box covers its bottom quarter, the foot variant the whole capsule (radius +1 cm).
+# walker: the foot capsule lies along x (radius .05, half-length .1) at the body origin.
+# "sole" is the released code's site (reference-code.md 6.2: an ellipsoid .15 x .05 x .02,
+# 1 cm forward and 6 cm down, straddling the capsule's underside); "sole_box" the box under
+# the sole this package used before 2026-12-06 (the CPU grid's walker runs keep it); "foot"
+# the whole capsule (radius +1 cm).
 _WALKER_SITES = {
-    "sole": dict(type="box", pos="0 0 -0.045", size="0.11 0.06 0.02"),
+    "sole": dict(type="ellipsoid", pos="0.01 0 -0.06", size="0.15 0.05 0.02"),
+    "sole_box": dict(type="box", pos="0 0 -0.045", size="0.11 0.06 0.02"),
     "foot": dict(type="capsule", zaxis="1 0 0", size="0.06 0.1"),
 }
 # cup: the bottom capsule's top surface is at z = -0.1 + 0.008; "bottom" is a thin disc
@@ -66,10 +70,18 @@ _CUP_SITES = {
     "bottom": dict(type="ellipsoid", pos="0 0 -0.092", size="0.03 0.01 0.005"),
     "interior": dict(type="box", pos="0 0 -0.05", size="0.062 0.02 0.06"),
 }
-# cheetah: each foot capsule enlarged by 1.4 cm, same placement as the geom.
+# cheetah: "foot" is the released code's site (reference-code.md 6.2: a sphere of radius
+# .084 at each foot's tip); "foot_capsule" each foot capsule enlarged by 1.4 cm, same placement
+# as the geom (this package's site before 2026-12-06).
 _CHEETAH_SITES = {
-    "bfoot": dict(type="capsule", pos=".03 0 -.097", euler="0 -15 0", size="0.06 .094"),
-    "ffoot": dict(type="capsule", pos=".045 0 -.07", euler="0 -34 0", size="0.06 .07"),
+    "foot": {
+        "bfoot": dict(type="sphere", pos=".06 0 -.197", size="0.084"),
+        "ffoot": dict(type="sphere", pos=".09 0 -.14", size="0.084"),
+    },
+    "foot_capsule": {
+        "bfoot": dict(type="capsule", pos=".03 0 -.097", euler="0 -15 0", size="0.06 .094"),
+        "ffoot": dict(type="capsule", pos=".045 0 -.07", euler="0 -34 0", size="0.06 .07"),
+    },
 }
 _QUADRUPED_TOES = ("toe_front_left", "toe_front_right", "toe_back_right", "toe_back_left")
 _OPTIONS = (
@@ -124,7 +136,9 @@ def inject_touch(domain: str, xml: str, variant: str) -> tuple[str, list[str]]:
     elif domain == "ball_in_cup":
         sites = [_add_touch(root, "cup", "mummi_cup_touch", _CUP_SITES[variant])]
     elif domain == "cheetah":
-        sites = [_add_touch(root, b, f"mummi_{b}_touch", a) for b, a in _CHEETAH_SITES.items()]
+        sites = [
+            _add_touch(root, b, f"mummi_{b}_touch", a) for b, a in _CHEETAH_SITES[variant].items()
+        ]
     elif domain == "quadruped":
         sites = list(_QUADRUPED_TOES)  # upstream toe sites (spheres r=.084, group 4)
     else:
@@ -425,7 +439,8 @@ def make(
     `time_limit` is in env (control) steps: 1000 = 500 agent steps at action_repeat 2.
     `background`: "default" (offline Ken-Burns bank), "procedural", "none" or a folder path.
     `composite`: "segmentation" (exact) or "red_threshold" (released code's red > 100 key).
-    `touch_site`: walker "sole" | "foot", cup "bottom" | "interior" (None: the first).
+    `touch_site`: walker "sole" | "sole_box" | "foot", cup "bottom" | "interior", cheetah
+    "foot" | "foot_capsule" (None: the first, the released code's site).
     `proprio`: "full" (every state observation) | "partial" (CoRAL Table 1's robot-only slices).
     """
     if unknown:

@@ -20,9 +20,11 @@ class TaskInfo:
 
 
 _NATURAL = ("image", "depth", "touch")
-# Touch sites (envs/dmc.py builds them): walker "sole" is MuMMI-like, "foot" the whole foot;
-# cup "bottom" a disc on the cup's floor, "interior" its whole inner volume.
-_WALKER = ("sole", "foot")
+# Touch sites (envs/dmc.py builds them), the released code's first: walker "sole" (its
+# ellipsoid), "sole_box" (this package's before 2026-12-06), "foot" the whole foot; cup
+# "bottom" a disc on the cup's floor, "interior" its whole inner volume; cheetah "foot" (a
+# sphere at each foot tip), "foot_capsule".
+_WALKER = ("sole", "sole_box", "foot")
 TASKS: dict[str, TaskInfo] = {
     # MuMMI's five multi-modal Natural MuJoCo tasks (Table I).
     "walker_run": TaskInfo("dmc", _NATURAL, ("proprio",), True, _WALKER),
@@ -31,7 +33,7 @@ TASKS: dict[str, TaskInfo] = {
     "finger_spin": TaskInfo("dmc", _NATURAL, ("proprio",), True, ("fingertip",)),
     "cup_catch": TaskInfo("dmc", _NATURAL, ("proprio",), True, ("bottom", "interior")),
     # The rest of CVRL's ten Natural MuJoCo tasks.
-    "cheetah_run": TaskInfo("dmc", _NATURAL, ("proprio",), touch_sites=("foot",)),
+    "cheetah_run": TaskInfo("dmc", _NATURAL, ("proprio",), touch_sites=("foot", "foot_capsule")),
     "quadruped_walk": TaskInfo("dmc", _NATURAL, ("proprio",), touch_sites=("toe",)),
     "cartpole_balance": TaskInfo("dmc", ("image", "depth"), ("proprio",)),
     "cartpole_swingup": TaskInfo("dmc", ("image", "depth"), ("proprio",)),
