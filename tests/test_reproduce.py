@@ -7,6 +7,7 @@ import os
 import pytest
 
 from experiments import reproduce as R
+from mummi_jax import config as C
 from mummi_jax.checkpoint import atomic_write
 
 
@@ -35,6 +36,19 @@ def test_cpu_grid_keeps_the_walker_touch_site_it_started_with():
     # The run's own sets come last and win.
     sets = ["env.touch_site=foot"]
     assert R.make_config(cpu, "mummi", "walker_walk", 0, sets).env.touch_site == "foot"
+
+
+def test_the_archived_cpu_grid_matches_the_configs_the_grid_builds_now():
+    """`reproduce --budget=cpu` checks every run it knows against the config it would build
+    and refuses to start on a difference: each archived run must still match."""
+    archive = os.path.join(os.path.dirname(__file__), "..", "docs", "results", "runs_cpu")
+    checked = 0
+    for m, t, s in R._grid(["1", "2", "3", "4"]):
+        d = R.run_dir(archive, m, t, s)
+        if os.path.exists(os.path.join(d, "config.json")):
+            C.check_logdir(d, R.make_config(R.BUDGETS["cpu"], m, t, s))
+            checked += 1
+    assert checked >= 22
 
 
 def test_status_reads_results_then_checkpoints(tmp_path):
