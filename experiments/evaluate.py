@@ -63,11 +63,10 @@ def load_config(logdir: str):
         raise FileNotFoundError(
             f"{path} not found; pass --logdir of a run started by experiments.train"
         )
-    with open(path) as f:
-        try:
-            config = C.from_dict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
+    try:
+        config = C.from_dict(C.read_saved(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it or retrain") from None
     C.validate(config, task_modalities(config.env.task, config.env.modalities))
     return config
 

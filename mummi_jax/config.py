@@ -27,7 +27,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
-from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_info
+from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_info, task_modalities
 
 
 # ----------------------------------------------------------------------------- value types
@@ -114,8 +114,9 @@ class EnvConfig:
     # "red_threshold": the released code's key, red > 100 is foreground (0.2-1.1 % of the
     # pixels differ from "segmentation", the exact mask from a segmentation render).
     composite: Literal["red_threshold", "segmentation"] = "red_threshold"
-    # Empty: the task's default site; walker "sole" (MuMMI-like) | "foot", cup "bottom" |
-    # "interior" (envs/tasks.py lists each task's sites).
+    # Empty: the task's first site (the presets write it out; a saved "" is read as
+    # LEGACY_TOUCH_SITES); walker "sole" (the released code's) | "sole_box" | "foot", cup
+    # "bottom" | "interior", cheetah "foot" | "foot_capsule" (envs/tasks.py lists them).
     touch_site: str = ""
     fast_render: bool = True  # render settings that change the picture by < 0.5/255
     # Missing data: "reference" = Bernoulli segment starts with probability p, length U{1..14};
@@ -670,14 +671,42 @@ def validate(config: Config, modalities: typing.Sequence[str] | None = None) -> 
 STOPPING_KEYS = ("train.steps",)
 
 
+# A run saved with `env.touch_site` "" sensed the task's first site of its day. On 2026-12-06
+# the walker's and the cheetah's first site became the released code's; runs saved before
+# then sensed these (since then presets write the site out).
+LEGACY_TOUCH_SITES = {
+    "walker_walk": "sole_box",
+    "walker_run": "sole_box",
+    "walker_stand": "sole_box",
+    "cheetah_run": "foot_capsule",
+}
+
+
+def read_saved(path: str) -> dict:
+    """A run's saved config.json as a dict, an empty touch site resolved to the one the run
+    sensed (LEGACY_TOUCH_SITES, else the task's first, as presets now write it out). Raises
+    json.JSONDecodeError on a corrupt file."""
+    with open(path) as f:
+        data = json.load(f)
+    env = data.get("env")
+    if isinstance(env, dict) and env.get("touch_site") == "":
+        task = env.get("task")
+        try:
+            sensed = "touch" in task_modalities(task, tuple(env.get("modalities") or ()))
+        except ValueError:  # an unknown task or modality: left for validation to report
+            sensed = False
+        if sensed:  # as presets write it out when the run has touch
+            env["touch_site"] = LEGACY_TOUCH_SITES.get(task, task_info(task).touch_sites[0])
+    return data
+
+
 def check_logdir(logdir: str, config) -> None:
     """A logdir holding a run with a different config is an error (nothing is touched);
     `STOPPING_KEYS` may differ."""
     path = os.path.join(logdir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_saved(path)
     try:
         # A run saved before an option existed ran with the option's default (new options
         # default to the old behaviour), so it resumes under the code that added it.

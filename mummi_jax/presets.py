@@ -331,6 +331,10 @@ def make_config(
     config = override(config, overrides)
     modalities = task_modalities(task, config.env.modalities)
     config = _restrict_rep(config, modalities)
+    # The touch site is written out, so that a run's config.json names what it sensed even
+    # when a task's default site changes (config.LEGACY_TOUCH_SITES).
+    if "touch" in modalities and not config.env.touch_site:
+        config = override(config, {"env.touch_site": task_info(task).touch_sites[0]})
     validate(config, modalities)
     return config
 

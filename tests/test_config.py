@@ -214,7 +214,8 @@ def test_touch_site_reaches_the_environment_for_every_task_with_a_choice(tmp_pat
     )
     assert kwargs("cup_catch", "env.touch_site=interior")["touch_site"] == "interior"
     assert kwargs("walker_walk", "env.touch_site=foot")["touch_site"] == "foot"
-    assert kwargs("cup_catch")["touch_site"] is None  # the task's default (bottom)
+    assert kwargs("cup_catch")["touch_site"] == "bottom"  # the task's default, written out
+    assert kwargs("cheetah_run", "env.touch_site=foot_capsule")["touch_site"] == "foot_capsule"
     with pytest.raises(ValueError, match="cartpole_swingup.*it has none"):
         presets.make_config("mummi", "cartpole_swingup", overrides=["env.touch_site=sole"])
     # A background folder that exists is accepted; a toy task ignores the option.
@@ -254,3 +255,34 @@ def test_a_run_resumes_with_another_length_but_not_another_model(tmp_path):
     C.check_logdir(str(tmp_path), C.override(config, {"train.steps": 3 * config.train.steps}))
     with pytest.raises(ValueError, match=r"differs in train.batch\)"):
         C.check_logdir(str(tmp_path), C.override(config, {"train.steps": 1, "train.batch": 3}))
+
+
+def test_a_run_saved_with_an_empty_touch_site_keeps_the_site_it_sensed(tmp_path):
+    """Before 2026-12-06 "" meant the walker's box (now `sole_box`), not today's default."""
+    from experiments.evaluate import load_config
+
+    old = presets.make_config("mummi", "walker_walk", size="tiny").to_dict()
+    old["env"]["touch_site"] = ""
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_config(str(tmp_path)).env.touch_site == "sole_box"
+    # Resuming with today's default is refused (the sensor would change under the replay);
+    # with the site it sensed, it resumes.
+    with pytest.raises(ValueError, match="differs in env.touch_site"):
+        C.check_logdir(str(tmp_path), presets.make_config("mummi", "walker_walk", size="tiny"))
+    same = presets.make_config(
+        "mummi", "walker_walk", "tiny", overrides=["env.touch_site=sole_box"]
+    )
+    C.check_logdir(str(tmp_path), same)
+    # A task whose first site did not change reads "" as that site, and resumes.
+    cup = presets.make_config("mummi", "cup_catch", size="tiny")
+    saved = cup.to_dict()
+    saved["env"]["touch_site"] = ""
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert C.read_saved(str(tmp_path / "config.json"))["env"]["touch_site"] == "bottom"
+    C.check_logdir(str(tmp_path), cup)
+    # A run without touch keeps "", as presets leave it.
+    sets = ["env.modalities=image,depth"]
+    no_touch = presets.make_config("mummi", "walker_walk", "tiny", overrides=sets)
+    assert no_touch.env.touch_site == ""
+    (tmp_path / "config.json").write_text(no_touch.to_json())
+    C.check_logdir(str(tmp_path), no_touch)

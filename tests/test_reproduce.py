@@ -31,8 +31,8 @@ def test_cpu_grid_keeps_the_walker_touch_site_it_started_with():
     the gpu grid take the task's default, the released code's site."""
     cpu, gpu = R.BUDGETS["cpu"], R.BUDGETS["gpu"]
     assert R.make_config(cpu, "mssm_e", "walker_walk", 2).env.touch_site == "sole_box"
-    assert R.make_config(cpu, "mummi", "finger_spin", 0).env.touch_site == ""
-    assert R.make_config(gpu, "mummi", "walker_walk", 0).env.touch_site == ""
+    assert R.make_config(cpu, "mummi", "finger_spin", 0).env.touch_site == "fingertip"
+    assert R.make_config(gpu, "mummi", "walker_walk", 0).env.touch_site == "sole"
     # The run's own sets come last and win.
     sets = ["env.touch_site=foot"]
     assert R.make_config(cpu, "mummi", "walker_walk", 0, sets).env.touch_site == "foot"
