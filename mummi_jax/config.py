@@ -27,7 +27,12 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any, Literal
 
-from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_info, task_modalities
+from mummi_jax.envs.tasks import (
+    PARTIAL_PROPRIO,
+    default_touch_site,
+    task_info,
+    task_modalities,
+)
 
 
 # ----------------------------------------------------------------------------- value types
@@ -696,7 +701,7 @@ def read_saved(path: str) -> dict:
         except ValueError:  # an unknown task or modality: left for validation to report
             sensed = False
         if sensed:  # as presets write it out when the run has touch
-            env["touch_site"] = LEGACY_TOUCH_SITES.get(task, task_info(task).touch_sites[0])
+            env["touch_site"] = LEGACY_TOUCH_SITES.get(task, default_touch_site(task))
     return data
 
 

@@ -15,7 +15,13 @@ import typing
 from typing import Any
 
 from mummi_jax.config import FIDELITIES, METHODS, SIZES, Config, check_choice, override, validate
-from mummi_jax.envs.tasks import IMAGE_MODALITIES, PARTIAL_PROPRIO, task_info, task_modalities
+from mummi_jax.envs.tasks import (
+    IMAGE_MODALITIES,
+    PARTIAL_PROPRIO,
+    default_touch_site,
+    task_info,
+    task_modalities,
+)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -334,7 +340,7 @@ def make_config(
     # The touch site is written out, so that a run's config.json names what it sensed even
     # when a task's default site changes (config.LEGACY_TOUCH_SITES).
     if "touch" in modalities and not config.env.touch_site:
-        config = override(config, {"env.touch_site": task_info(task).touch_sites[0]})
+        config = override(config, {"env.touch_site": default_touch_site(task)})
     validate(config, modalities)
     return config
 

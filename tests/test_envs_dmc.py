@@ -115,30 +115,26 @@ def test_walker_touch_on_ground_and_zero_in_air(site):
     np.testing.assert_array_equal(ts.observation["touch"], np.zeros(2, np.float32))
 
 
-@pytest.mark.parametrize(
-    "name, site, body, kind, pos, size",
-    [
+# The released suite's sites (reference-code.md 6.2): (task, site, body, type, pos, size).
+_RELEASED_SITES = [
+    *[
         (
             "walker_walk",
-            "mummi_left_sole",
-            "left_foot",
+            f"mummi_{side}_sole",
+            f"{side}_foot",
             "ELLIPSOID",
             (0.01, 0, -0.06),
             (0.15, 0.05, 0.02),
-        ),
-        (
-            "walker_walk",
-            "mummi_right_sole",
-            "right_foot",
-            "ELLIPSOID",
-            (0.01, 0, -0.06),
-            (0.15, 0.05, 0.02),
-        ),
-        ("cheetah_run", "mummi_bfoot_touch", "bfoot", "SPHERE", (0.06, 0, -0.197), (0.084,)),
-        ("cheetah_run", "mummi_ffoot_touch", "ffoot", "SPHERE", (0.09, 0, -0.14), (0.084,)),
-        ("cup_catch", "mummi_cup_touch", "cup", "ELLIPSOID", (0, 0, -0.092), (0.03, 0.01, 0.005)),
+        )
+        for side in ("left", "right")
     ],
-)
+    ("cheetah_run", "mummi_bfoot_touch", "bfoot", "SPHERE", (0.06, 0, -0.197), (0.084,)),
+    ("cheetah_run", "mummi_ffoot_touch", "ffoot", "SPHERE", (0.09, 0, -0.14), (0.084,)),
+    ("cup_catch", "mummi_cup_touch", "cup", "ELLIPSOID", (0, 0, -0.092), (0.03, 0.01, 0.005)),
+]
+
+
+@pytest.mark.parametrize("name, site, body, kind, pos, size", _RELEASED_SITES)
 def test_default_touch_sites_are_the_released_codes(name, site, body, kind, pos, size):
     """The default site of each task is the released code's (reference-code.md 6.2)."""
     model = _make(name, time_limit=2, modalities=("touch",)).physics.model

@@ -31,7 +31,12 @@ from dm_env import specs  # noqa: E402
 from lxml import etree  # noqa: E402
 
 from mummi_jax.envs import backgrounds as bg  # noqa: E402
-from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_info, task_modalities  # noqa: E402
+from mummi_jax.envs.tasks import (  # noqa: E402
+    PARTIAL_PROPRIO,
+    default_touch_site,
+    task_info,
+    task_modalities,
+)
 
 # task -> (dm_control domain, dm_control task)
 TASKS = {
@@ -465,7 +470,7 @@ def make(
         valid = task_info(name).touch_sites
         if not valid:
             raise ValueError(f"task {name!r} has no touch modality")
-        touch_site = valid[0] if touch_site is None else touch_site
+        touch_site = default_touch_site(name) if touch_site is None else touch_site
         if touch_site not in valid:
             raise ValueError(
                 f"unknown touch_site {touch_site!r} for {name}; valid: {', '.join(valid)}"

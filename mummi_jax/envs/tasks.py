@@ -80,6 +80,12 @@ def task_info(name: str) -> TaskInfo:
     return TASKS[name]
 
 
+def default_touch_site(name: str) -> str:
+    """The site a task senses touch with unless told otherwise (its first, the released
+    code's); "" for a task without touch."""
+    return "".join(task_info(name).touch_sites[:1])
+
+
 def task_modalities(name: str, requested: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The modalities a task run will observe; `requested` empty means the default set."""
     info = task_info(name)
