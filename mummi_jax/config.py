@@ -678,13 +678,24 @@ STOPPING_KEYS = ("train.steps",)
 
 # A run saved with `env.touch_site` "" sensed the task's first site of its day. On 2026-12-06
 # the walker's and the cheetah's first site became the released code's; runs saved before
-# then sensed these (since then presets write the site out).
+# then sensed these (since then presets and the Runner write the site out: resolve_touch_site).
 LEGACY_TOUCH_SITES = {
     "walker_walk": "sole_box",
     "walker_run": "sole_box",
     "walker_stand": "sole_box",
     "cheetah_run": "foot_capsule",
 }
+
+
+def resolve_touch_site(config: Config) -> Config:
+    """`config` with an empty `env.touch_site` replaced by the site its run will sense (the
+    task's default), when the run has touch; so config.json names the sensor even when a
+    task's default changes (LEGACY_TOUCH_SITES). Presets and the Runner both apply it."""
+    if config.env.touch_site or "touch" not in task_modalities(
+        config.env.task, config.env.modalities
+    ):
+        return config
+    return override(config, {"env.touch_site": default_touch_site(config.env.task)})
 
 
 def read_saved(path: str) -> dict:

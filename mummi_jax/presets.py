@@ -14,11 +14,19 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from mummi_jax.config import FIDELITIES, METHODS, SIZES, Config, check_choice, override, validate
+from mummi_jax.config import (
+    FIDELITIES,
+    METHODS,
+    SIZES,
+    Config,
+    check_choice,
+    override,
+    resolve_touch_site,
+    validate,
+)
 from mummi_jax.envs.tasks import (
     IMAGE_MODALITIES,
     PARTIAL_PROPRIO,
-    default_touch_site,
     task_info,
     task_modalities,
 )
@@ -337,10 +345,7 @@ def make_config(
     config = override(config, overrides)
     modalities = task_modalities(task, config.env.modalities)
     config = _restrict_rep(config, modalities)
-    # The touch site is written out, so that a run's config.json names what it sensed even
-    # when a task's default site changes (config.LEGACY_TOUCH_SITES).
-    if "touch" in modalities and not config.env.touch_site:
-        config = override(config, {"env.touch_site": default_touch_site(task)})
+    config = resolve_touch_site(config)
     validate(config, modalities)
     return config
 

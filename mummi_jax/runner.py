@@ -41,7 +41,13 @@ import jax
 import numpy as np
 
 from mummi_jax import checkpoint, envs, host_memory, prng, video
-from mummi_jax.config import Config, check_logdir, override, resolve_conv_impl
+from mummi_jax.config import (
+    Config,
+    check_logdir,
+    override,
+    resolve_conv_impl,
+    resolve_touch_site,
+)
 from mummi_jax.episodes import EnvList, env_kwargs_from_config, run_episodes
 from mummi_jax.metrics import MetricsLog
 from mummi_jax.parallel import SeedParallel, seed_key, seeds_per_device
@@ -126,7 +132,7 @@ class Runner:
     """Trains one configuration for S seeds (S = 1: a single run) per `config.train`.
 
     Args:
-      config: a resolved `Config`.
+      config: a resolved `Config` (an empty `env.touch_site` becomes the task's default).
       logdir: the run directory; with `seeds`, the sweep directory holding `seed<N>/` per seed.
       seeds: None for a single run of `config.seed` in `logdir`; else the seeds of a sweep.
         Every directory is checked against its config (`config.check_logdir`: ValueError, and
@@ -155,6 +161,9 @@ class Runner:
         devices=None,
         parallel: SeedParallel | None = None,
     ):
+        # A Config built by hand (not through presets) may leave the touch site to the
+        # task's default; config.json must still name it (config.LEGACY_TOUCH_SITES).
+        config = resolve_touch_site(config)
         if seeds is None:
             self.configs, dirs = [config], [logdir]
         else:

@@ -144,6 +144,22 @@ def test_a_logdir_with_another_config_is_refused(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
 
 
+def test_a_hand_built_config_saves_the_touch_site_it_senses(tmp_path):
+    """A Config not made by presets may leave `env.touch_site` empty; config.json must still
+    name the site, or a later change of the task's default would be read back wrongly."""
+    config = C.override(presets.make_config("mummi", "walker_walk", "tiny"), {"env.touch_site": ""})
+    kwargs = env_kwargs_from_config(config)
+    probe = envs.make(**kwargs, seed=config.seed)
+    agent = Agent(config, probe.observation_spec(), probe.action_spec())
+    runner = Runner(config, str(tmp_path), agent=agent, env_kwargs=kwargs, progress=False)
+    assert runner.config.env.touch_site == "sole"
+    assert C.read_saved(str(tmp_path / "config.json"))["env"]["touch_site"] == "sole"
+    Runner(config, str(tmp_path), agent=agent, env_kwargs=kwargs, progress=False)  # resumes
+    legacy = C.override(config, {"env.touch_site": "sole_box"})
+    with pytest.raises(ValueError, match="differs in env.touch_site"):
+        Runner(legacy, str(tmp_path), agent=agent, env_kwargs=kwargs, progress=False)
+
+
 def test_unknown_names_answer_in_one_line():
     out = subprocess.run(
         [sys.executable, "-m", "experiments.train", "--task=walker_fly", "--logdir=/tmp/x"],
