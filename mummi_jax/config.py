@@ -700,7 +700,7 @@ def resolve_touch_site(config: Config) -> Config:
 
 def read_saved(path: str) -> dict:
     """A run's saved config.json as a dict, an empty touch site resolved to the one the run
-    sensed (LEGACY_TOUCH_SITES, else the task's first, as presets now write it out). Raises
+    sensed (LEGACY_TOUCH_SITES, else the task's first, as `resolve_touch_site` writes it). Raises
     json.JSONDecodeError on a corrupt file."""
     with open(path) as f:
         data = json.load(f)
