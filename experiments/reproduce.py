@@ -1,7 +1,7 @@
 """A reduced-budget MuMMI Table I: train a grid of (method, task, seed), evaluate, compare.
 
     MUJOCO_GL=egl python -m experiments.reproduce --budget=cpu [--out=runs/reproduce_cpu]
-        [--stages=1,2] [--max_minutes=0] [--dry_run]
+        [--stages=1,2] [--runs=mummi/walker_walk/0,...] [--max_minutes=0] [--dry_run]
 
 The grid runs in stages, each a set of (method, task, seed) runs, first to last:
 
@@ -16,6 +16,12 @@ Each run trains to the budget's env steps (`experiments.train`'s run directory
 results.json. Re-running the command resumes: a run with a results.json is done and skipped,
 a run with checkpoints continues from its newest one. Per task a uniform-random policy is
 scored on each seed's evaluation episodes (`OUT/random/<task>/seed<N>/results.json`).
+
+`--runs` picks named runs of the selected stages. Several processes may work on one grid at
+once (on 2 cores, two training processes give about 1.5x the runs per hour of one): each
+claims a run before training it (a lock on `OUT/<method>/<task>/seed<N>.lock`, which names
+its host and pid and which the system drops when the process ends) and skips a run that
+another process holds.
 
 Every finished run's record (results.json, metrics.jsonl, config.json: tens of kB, no
 checkpoint) is copied into the archive, `docs/results/runs_<budget>/<method>/<task>/seed<N>/`
@@ -141,6 +147,56 @@ def status(
     ckpts = os.path.join(d, "checkpoints")
     steps = max(checkpoint.steps(ckpts), default=0) if os.path.isdir(ckpts) else 0
     return ("partial" if steps else "pending"), steps
+
+
+def _lock_path(out: str, method: str, task: str, seed: int) -> str:
+    # Beside the run directory, not in it: the run directory is experiments.train's.
+    return run_dir(out, method, task, seed) + ".lock"
+
+
+def claim(out: str, method: str, task: str, seed: int):
+    """Claims a run for this process: an open file to keep open while the run trains (close
+    it to release the run), or None if another process holds the run. The claim is an
+    exclusive flock(2) on OUT/<method>/<task>/seed<N>.lock, which the kernel drops when its
+    process exits, however it exits: a killed run leaves no stale claim to clear by hand.
+    The file stays (removing it would let a third process lock a new file of the same name
+    while the first still trains); it holds the claimant's host and pid for `holder`."""
+    import fcntl
+    import socket
+
+    path = _lock_path(out, method, task, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    f.flush()
+    return f
+
+
+def holder(out: str, method: str, task: str, seed: int) -> dict | None:
+    """{"host", "pid"} of the process that holds this run's claim, or None if none does."""
+    import fcntl
+
+    path = _lock_path(out, method, task, seed)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                held = json.loads(f.read())
+                return {"host": held.get("host"), "pid": held.get("pid")}
+            except (ValueError, AttributeError):  # claimed, its body not yet written
+                return {"host": None, "pid": None}
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
 
 
 def archive_runs(out: str, archive: str) -> list[str]:
@@ -353,6 +409,9 @@ def define_flags():
     flags.DEFINE_enum("budget", "cpu", list(BUDGETS), "cpu: the small size; gpu: the paper's.")
     flags.DEFINE_string("out", None, "Grid directory (default runs/reproduce_<budget>).")
     flags.DEFINE_list("stages", ["1", "2", "3", "4"], "Stages to run, in order.")
+    flags.DEFINE_list(
+        "runs", [], "Only these runs of the stages, each method/task/seed (default: all)."
+    )
     flags.DEFINE_float("max_minutes", 0.0, "Start no new run after this long (0: no limit).")
     flags.DEFINE_bool("dry_run", False, "Print the grid, statuses and wall-time estimates.")
     flags.DEFINE_bool("measure", False, "--dry_run: measure the loop here (benchmark loop).")
@@ -378,6 +437,25 @@ def _grid(selected):
     return out
 
 
+def _select(grid, runs):
+    """The runs of `grid` named in `runs` ("method/task/seed"), in grid order; all if none."""
+    if not runs:
+        return grid
+    wanted = set()
+    for item in runs:
+        parts = item.strip().split("/")
+        ok = len(parts) == 3 and parts[2].isdigit()
+        run = (parts[0], parts[1], int(parts[2])) if ok else None
+        if run is None or run not in grid:
+            example = "/".join(map(str, grid[0])) if grid else "mummi/walker_walk/0"
+            raise ValueError(
+                f"--runs: {item!r} is not a run of the selected stages (method/task/seed, "
+                f"for example {example}; `--dry_run` lists the grid)"
+            )
+        wanted.add(run)
+    return [r for r in grid if r in wanted]
+
+
 def _measure(budget: Budget) -> float:
     from types import SimpleNamespace
 
@@ -401,7 +479,7 @@ def main(argv):
     out = FLAGS.out or os.path.join("runs", f"reproduce_{FLAGS.budget}")
     archive = FLAGS.archive or default_archive(FLAGS.results, FLAGS.budget)
     try:
-        grid = _grid(FLAGS.stages)
+        grid = _select(_grid(FLAGS.stages), FLAGS.runs)
         configs = [make_config(budget, m, t, s, FLAGS.set) for m, t, s in grid]
         for cfg in configs:
             for root in (out, archive):
@@ -417,9 +495,11 @@ def main(argv):
             state, steps = status(out, cfg.method, cfg.env.task, cfg.seed, archive)
             left = 0.0 if state == "done" else (cfg.train.steps - steps) / 1e5 * per_100k
             total += left
+            held = state != "done" and holder(out, cfg.method, cfg.env.task, cfg.seed)
+            by = f"  (running: {held['host']} pid {held['pid']})" if held else ""
             print(
                 f"{cfg.method:>8} {cfg.env.task:<12} seed{cfg.seed}  {state:<8} "
-                f"{steps:>8} / {cfg.train.steps} env steps, ~{left / 3600:.1f} h left"
+                f"{steps:>8} / {cfg.train.steps} env steps, ~{left / 3600:.1f} h left{by}"
             )
         print(
             f"total ~{total / 3600:.1f} h at {per_100k:.0f} s per 100k env steps "
@@ -435,13 +515,26 @@ def main(argv):
         if FLAGS.max_minutes and time.time() - t0 > 60 * FLAGS.max_minutes:
             print(f"--max_minutes={FLAGS.max_minutes} reached; re-run to continue the grid")
             break
-        print(f"[{cfg.method} / {cfg.env.task} / seed {cfg.seed}] training", flush=True)
-        random_baseline(cfg, out, archive)
-        try:
-            train_and_evaluate(cfg, out, FLAGS.progress)
-        except FloatingPointError as e:
-            print(f"error: {e}", file=sys.stderr)
+        name = f"[{cfg.method} / {cfg.env.task} / seed {cfg.seed}]"
+        key = (out, cfg.method, cfg.env.task, cfg.seed)
+        lock = claim(*key)
+        if lock is None:
+            held = holder(*key) or {}
+            print(f"{name} held by {held.get('host')} pid {held.get('pid')}; skipped", flush=True)
             continue
+        try:
+            # Another process may have finished it between our status and our claim.
+            if status(*key, archive)[0] == "done":
+                continue
+            print(f"{name} training", flush=True)
+            random_baseline(cfg, out, archive)
+            try:
+                train_and_evaluate(cfg, out, FLAGS.progress)
+            except FloatingPointError as e:
+                print(f"error: {e}", file=sys.stderr)
+                continue
+        finally:
+            lock.close()
         print(report(FLAGS.budget, out, FLAGS.results, archive), flush=True)
     print(report(FLAGS.budget, out, FLAGS.results, archive))
     return 0

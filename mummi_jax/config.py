@@ -687,13 +687,18 @@ LEGACY_TOUCH_SITES = {
 }
 
 
+def _senses_touch(task, modalities) -> bool:
+    try:
+        return "touch" in task_modalities(task, tuple(modalities or ()))
+    except ValueError:  # an unknown task or modality: left for validation to report
+        return False
+
+
 def resolve_touch_site(config: Config) -> Config:
     """`config` with an empty `env.touch_site` replaced by the site its run will sense (the
     task's default), when the run has touch; so config.json names the sensor even when a
     task's default changes (LEGACY_TOUCH_SITES). Presets and the Runner both apply it."""
-    if config.env.touch_site or "touch" not in task_modalities(
-        config.env.task, config.env.modalities
-    ):
+    if config.env.touch_site or not _senses_touch(config.env.task, config.env.modalities):
         return config
     return override(config, {"env.touch_site": default_touch_site(config.env.task)})
 
@@ -707,11 +712,7 @@ def read_saved(path: str) -> dict:
     env = data.get("env")
     if isinstance(env, dict) and env.get("touch_site") == "":
         task = env.get("task")
-        try:
-            sensed = "touch" in task_modalities(task, tuple(env.get("modalities") or ()))
-        except ValueError:  # an unknown task or modality: left for validation to report
-            sensed = False
-        if sensed:  # as presets write it out when the run has touch
+        if _senses_touch(task, env.get("modalities")):  # as resolve_touch_site writes it
             env["touch_site"] = LEGACY_TOUCH_SITES.get(task, default_touch_site(task))
     return data
 

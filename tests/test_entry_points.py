@@ -86,6 +86,7 @@ def test_every_entry_point_turns_bad_input_into_one_line(tmp_path):
         ("probe", [f"--logdir={dirs['evaluate']}"], 1, "corrupt checkpoint"),
         ("reproduce", [f"--out={new}", "--stages=9"], 2, "--stages: '9' is not a stage"),
         ("reproduce", [f"--out={new}", "--set=train.batch=-3"], 2, "train.batch=-3"),
+        ("reproduce", [f"--out={new}", "--runs=mummi/walker_fly/0"], 2, "'mummi/walker_fly/0'"),
         ("benchmark", ["--what=train_step", "--set=train.batch=0"], 2, "train.batch=0"),
         ("benchmark", ["--what=env", "--tasks=walker_fly"], 2, "unknown task 'walker_fly'"),
         ("benchmark", ["--what=sweep", "--seeds_list=0"], 2, "--seeds_list"),

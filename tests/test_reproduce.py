@@ -3,6 +3,9 @@ block it rewrites (the training itself is experiments.train's, tested elsewhere)
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -165,3 +168,56 @@ def test_archive_keeps_finished_runs_across_a_fresh_checkout(tmp_path):
     assert "| walker_walk | mummi | none | 1 |" in block
     assert "docs/results/runs_cpu" in block
     assert "per task: `walker_walk`: `env.touch_site=sole_box`" in block
+
+
+def test_runs_selects_named_runs_of_the_stages_in_grid_order():
+    grid = R._grid(["1", "4"])
+    picked = R._select(grid, ["mssm_e/finger_spin/2", "cvrl/walker_walk/1"])
+    assert picked == [("cvrl", "walker_walk", 1), ("mssm_e", "finger_spin", 2)]
+    assert R._select(grid, []) == grid
+    for bad in ("mummi/finger_spin/0", "mummi/walker_walk", "mummi/walker_walk/x"):
+        with pytest.raises(ValueError, match=f"--runs: '{bad}' is not a run"):
+            R._select(grid, [bad])  # finger_spin's stage 2 is not selected
+
+
+def _reproduce(tmp_path, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    results = tmp_path / "RESULTS.md"
+    cmd = [sys.executable, "-m", "experiments.reproduce", f"--out={tmp_path / 'grid'}"]
+    cmd += [f"--results={results}", "--noprogress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_two_grid_processes_never_train_one_run(tmp_path):
+    """A claimed run is skipped by every other process (dry run shows who holds it), and the
+    claim dies with its process, even a killed one: no stale lock to clear by hand."""
+    out = str(tmp_path / "grid")
+    key = (out, "mummi", "walker_walk", 0)
+    lock = R.claim(*key)
+    assert lock is not None and R.holder(*key)["pid"] == os.getpid()
+    assert R.claim(*key) is None  # a second claimant, even in this process
+    run = "--runs=mummi/walker_walk/0"
+    dry = _reproduce(tmp_path, run, "--dry_run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert f"pid {os.getpid()})" in dry.stdout and "mummi walker_walk" in dry.stdout
+    skip = _reproduce(tmp_path, run)
+    assert skip.returncode == 0, skip.stderr[-2000:]
+    assert f"[mummi / walker_walk / seed 0] held by {socket.gethostname()} pid" in skip.stdout
+    assert not os.path.exists(R.run_dir(out, "mummi", "walker_walk", 0))  # nothing trained
+    assert not os.path.exists(R.run_dir(out, "random", "walker_walk", 0))
+    lock.close()
+    assert R.holder(*key) is None
+
+    # A process that claims the run and is killed leaves it free.
+    code = f"from experiments import reproduce as R; import time; f = R.claim(*{key!r}); print(1)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code + "; time.sleep(60)"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "1"
+    assert R.holder(*key)["pid"] == proc.pid and R.claim(*key) is None
+    proc.kill()
+    proc.wait()
+    assert R.holder(*key) is None
+    again = R.claim(*key)
+    assert again is not None
+    again.close()
