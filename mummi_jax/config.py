@@ -92,7 +92,7 @@ PoeForm = Literal["reference", "gaussian"]
 Learner = Literal["imagination", "sac", "none"]
 Planner = Literal["none", "latent_mpc"]
 MissingProcess = Literal["reference", "paper", "none"]
-ConvImpl = Literal["auto", "xla", "matmul", "matmul_cm"]
+ConvImpl = Literal["auto", "xla", "matmul", "matmul_cm", "onednn"]
 EvalMode = Literal["sample", "mode", "mean"]
 AdamForm = Literal["keras", "optax"]
 AfterPrefill = Literal["pretrain", "catch_up"]
@@ -195,9 +195,11 @@ class ModelConfig:
     # the GPU form); "bfloat16_matmul": every network's product operands are rounded to bf16,
     # accumulation and the rest stay f32 (the CPU form; networks.precision_dtypes)
     precision: Literal["float32", "bfloat16", "bfloat16_matmul"] = "float32"
-    # Encoder convs and decoder transposed convs: "xla" (lax.conv*) or "matmul" (one matmul
-    # per layer; same parameters and outputs); "auto" is resolve_conv_impl's choice
-    # (matmul on CPU and where a device runs several seeds of a sweep, else xla).
+    # Encoder convs and decoder transposed convs: "xla" (lax.conv*), "matmul" (one matmul
+    # per layer; same parameters and outputs), "matmul_cm" (matmul, channel-major encoders) or
+    # "onednn" (oneDNN's convolutions in the encoders, CPU, float32; decoders as matmul);
+    # "auto" is resolve_conv_impl's choice (onednn on a CPU where its kernel is built, else
+    # matmul_cm; matmul where a GPU runs several seeds of a sweep; else xla).
     conv_impl: ConvImpl = "auto"
 
 
@@ -506,28 +508,62 @@ def from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-CONV_IMPLS = ("auto", "xla", "matmul", "matmul_cm")
+# `auto` takes oneDNN's encoders from this many input pixels per encoder and update (B x T x
+# S^2) up: below it the per-call cost of 24 custom calls an update outweighs their faster
+# kernels. Measured on the 2-core Zen 4 box (BENCHMARKS.md, "oneDNN's convolutions inside the
+# jitted update"): 14 % slower at `tiny` (80 frames of 32^2, 0.08 M pixels), even at `small`
+# (512 frames, 0.52 M), 10 % faster at the paper's size (2,500 frames of 64^2, 10.2 M); the
+# threshold sits between the last two, not at a measured crossover.
+ONEDNN_MIN_PIXELS = 2**22
 
 
-def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None = None) -> str:
+def encoder_pixels(config: Config) -> int:
+    """Input pixels one image encoder takes per update: B x T x S^2."""
+    return config.train.batch * config.train.length * config.env.image_size**2
+
+
+def resolve_config_conv(
+    config: Config, seeds_per_device: int = 1, devices: int = 1, backend: str | None = None
+) -> str:
+    """`resolve_conv_impl` for `config`'s conv_impl, precision and encoder workload."""
+    m = config.model
+    return resolve_conv_impl(
+        m.conv_impl, seeds_per_device, backend, m.precision, devices, encoder_pixels(config)
+    )
+
+
+def resolve_conv_impl(
+    impl: str,
+    seeds_per_device: int = 1,
+    backend: str | None = None,
+    precision: str = "float32",
+    devices: int = 1,
+    pixels: int | None = None,
+) -> str:
     """`model.conv_impl` -> ``"xla"`` (`lax.conv`, `lax.conv_transpose`), ``"matmul"``
-    (`networks.conv_stride2_matmul`, `networks.conv_transpose_stride2_matmul`) or
+    (`networks.conv_stride2_matmul`, `networks.conv_transpose_stride2_matmul`),
     ``"matmul_cm"`` (the matmul form with channel-major encoders,
-    `networks.conv_stride2_matmul_cm`; decoders as ``"matmul"``); `networks` takes only the
-    resolved form.
+    `networks.conv_stride2_matmul_cm`; decoders as ``"matmul"``) or ``"onednn"`` (oneDNN's
+    convolutions in the encoders, `mummi_jax.kernels.onednn`; decoders as ``"matmul"``);
+    `networks` takes only the resolved form.
 
-    ``auto`` picks the channel-major matmul form on a CPU, where XLA:CPU's convolution inside
-    the scanned update is 25x slower and where, of the matmul forms, only the channel-major
-    one puts the encoders' weight gradients on YNNPACK (BENCHMARKS.md, "Channel-major
-    encoders": 21 % faster updates at `small`, 11-13 % at the paper's size, the same at
-    `tiny`; the toy learning check passes on seeds 0-2 either way). It picks the NHWC matmul
-    form wherever one device (not a CPU) runs several seeds of a sweep
-    (`seeds_per_device` > 1): `vmap` over seeds gives each convolution's kernel a seed axis and
-    XLA lowers it to a grouped convolution (``feature_group_count`` = seeds), which lost half
-    the throughput at 8 seeds on CPU and made an H100 sweep slower than running the seeds one
-    after another (BENCHMARKS.md, "Seed sweeps"), while the matmul form becomes a batched matmul.
-    Elsewhere (one seed on a GPU) cuDNN's convolution is the fast path. `backend` defaults to
-    `jax.default_backend()`.
+    On a CPU ``auto`` picks ``onednn`` where its kernel is built, the encoders compute in
+    float32 (`precision`), the program runs on one device (`devices`, the devices a sweep
+    shards its seeds over: a custom call has no partitioning rule, so XLA would gather its
+    operands onto every device) and each encoder takes at least ONEDNN_MIN_PIXELS per update
+    (`pixels`, `encoder_pixels`; None counts as enough): XLA:CPU lowers these convolutions
+    to patch matrices and GEMMs, oneDNN computes them directly, and the encoders' forward +
+    backward drop from 3.9 s to 2.8 s at the paper's size (BENCHMARKS.md, "oneDNN's
+    convolutions inside the jitted update"). Otherwise it picks the channel-major matmul
+    form, where XLA:CPU's own convolution inside the scanned update is 25x slower and where,
+    of the matmul forms, only the channel-major one puts the encoders' weight gradients on
+    YNNPACK (BENCHMARKS.md, "Channel-major encoders"). It picks the NHWC matmul form
+    wherever one device (not a CPU) runs several seeds of a sweep (`seeds_per_device` > 1):
+    `vmap` over seeds gives each convolution's kernel a seed axis and XLA lowers it to a
+    grouped convolution (``feature_group_count`` = seeds), which made an H100 sweep slower
+    than running the seeds one after another (BENCHMARKS.md, "Seed sweeps"), while the
+    matmul form becomes a batched matmul. Elsewhere (one seed on a GPU) cuDNN's convolution
+    is the fast path. `backend` defaults to `jax.default_backend()`.
     """
     check_choice("model.conv_impl", impl, CONV_IMPLS)
     if impl != "auto":
@@ -537,7 +573,11 @@ def resolve_conv_impl(impl: str, seeds_per_device: int = 1, backend: str | None 
 
         backend = jax.default_backend()
     if backend == "cpu":
-        return "matmul_cm"
+        from mummi_jax.kernels import onednn  # imports JAX, as above
+
+        large = pixels is None or pixels >= ONEDNN_MIN_PIXELS
+        fits = precision == "float32" and devices == 1 and large
+        return "onednn" if fits and onednn.available() else "matmul_cm"
     return "matmul" if seeds_per_device > 1 else "xla"
 
 
@@ -595,6 +635,12 @@ def _check_combinations(config: Config) -> None:
             f"train.train_steps={t.train_steps} is not a multiple of train.updates_per_call="
             f"{t.updates_per_call} (the updates of one jitted call); make it one, e.g. "
             f"train.train_steps={max(1, t.train_steps // t.updates_per_call) * t.updates_per_call}"
+        )
+    m = config.model
+    if m.conv_impl == "onednn" and m.precision != "float32":
+        raise ValueError(
+            f"model.conv_impl='onednn' computes in float32; with model.precision="
+            f"{m.precision!r} set model.conv_impl=matmul_cm (CPU) or auto"
         )
     e = config.env
     sites = task_info(e.task).touch_sites

@@ -316,17 +316,19 @@ def conv_transpose_stride2_matmul(x, kernel, padding="VALID", matmul_dtype=None)
     return y[:, off : off + oh, off : off + ow]
 
 
-# The two forms of a stride-2 conv. `model.conv_impl` (auto | xla | matmul | matmul_cm) is
+# The forms of a stride-2 conv. `model.conv_impl` (auto | xla | matmul | matmul_cm | onednn) is
 # resolved by `config.resolve_conv_impl`, where the agent is built; networks take it resolved
-# (`matmul_cm` is the matmul form with channel-major encoders, `ConvEncoder`).
-CONV_FORMS = ("xla", "matmul")
+# (`matmul_cm` is the matmul form with channel-major encoders, `ConvEncoder`; `onednn` the
+# encoders' forward convs only, decoders taking `matmul`).
+CONV_FORMS = ("xla", "matmul", "onednn")
 
 
 class StridedConv(nn.Module):
     """k x k, stride-2 convolution, or transposed convolution (`transpose`), with the
     parameters and results of `nn.Conv` (VALID) or `nn.ConvTranspose` (VALID or SAME):
     `kernel` HWIO and `bias`, so checkpoints and parameter counts do not depend on `impl`
-    (`xla` | `matmul`: `lax.conv*` or this module's matmul forms)."""
+    (`xla` | `matmul` | `onednn`: `lax.conv*`, this module's matmul forms, or oneDNN's
+    convolution through `mummi_jax.kernels.onednn`, the forward conv in float32 only)."""
 
     features: int
     kernel_size: int = 4
@@ -345,10 +347,16 @@ class StridedConv(nn.Module):
             raise ValueError(f"StridedConv: a forward conv is VALID only, got {self.padding!r}")
         if self.channel_major and (self.transpose or self.impl != "matmul"):
             raise ValueError("StridedConv: channel_major is the matmul forward conv's layout only")
+        if self.impl == "onednn" and (self.transpose or self.matmul_dtype is not None):
+            raise ValueError(
+                "StridedConv: the onednn form is the forward conv in float32 only (decoders "
+                "take matmul; model.precision=bfloat16_matmul takes matmul_cm)"
+            )
         if self.impl not in CONV_FORMS:
             raise ValueError(
                 f"StridedConv: conv impl {self.impl!r} is not one of {', '.join(CONV_FORMS)}; "
-                "resolve model.conv_impl (auto, xla, matmul) with config.resolve_conv_impl first"
+                "resolve model.conv_impl (auto, xla, matmul, onednn) with config.resolve_conv_impl "
+                "first"
             )
         k = self.kernel_size
         c = x.shape[0] if self.channel_major else x.shape[-1]
@@ -359,6 +367,10 @@ class StridedConv(nn.Module):
         if self.channel_major:
             return conv_stride2_matmul_cm(x, kernel, md) + bias[:, None, None, None]
         dims = ("NHWC", "HWIO", "NHWC")
+        if self.impl == "onednn":
+            from mummi_jax.kernels import onednn
+
+            return onednn.conv(x, kernel, 2) + bias
         matmul = self.impl == "matmul"
         if matmul and self.transpose:
             y = conv_transpose_stride2_matmul(x, kernel, self.padding, md)
@@ -387,7 +399,8 @@ class ConvEncoder(nn.Module):
     # Compute dtype (params stay float32): bfloat16 is `model.precision`, the counterpart of
     # the reference's mixed float16. Outputs are cast back so losses stay float32.
     dtype: Any = None
-    # "xla" | "matmul" | "matmul_cm" (resolved); same parameters and outputs in every case
+    # "xla" | "matmul" | "matmul_cm" | "onednn" (resolved); same parameters and outputs in
+    # every case
     conv_impl: str = "xla"
     matmul_dtype: Any = None  # the products' operands, as StridedConv
 
@@ -659,8 +672,8 @@ class ImageDecoder(nn.Module):
             x = x.reshape((-1, s, s, 4 * self.depth))
             layers = [(2 * self.depth, 4), (self.depth, 4), (self.channels, 4)]
             padding = "SAME"
-        # `matmul_cm` is the encoders' layout only; the decoders take the NHWC matmul form.
-        impl = "matmul" if self.conv_impl == "matmul_cm" else self.conv_impl
+        # `matmul_cm` and `onednn` are the encoders' forms only; decoders take the NHWC matmul.
+        impl = "matmul" if self.conv_impl in ("matmul_cm", "onednn") else self.conv_impl
         for i, (c, k) in enumerate(layers):
             # Named as nn.ConvTranspose would be: parameter trees are those of old checkpoints.
             conv = StridedConv(

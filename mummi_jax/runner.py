@@ -45,7 +45,7 @@ from mummi_jax.config import (
     Config,
     check_logdir,
     override,
-    resolve_conv_impl,
+    resolve_config_conv,
     resolve_touch_site,
 )
 from mummi_jax.episodes import EnvList, env_kwargs_from_config, run_episodes
@@ -78,10 +78,12 @@ def eval_episode_seed(seed: int, episode: int) -> int:
 
 def agent_config(config: Config, num_seeds: int = 1, devices=None) -> Config:
     """`config` with `model.conv_impl` resolved for `num_seeds` seeds on `devices`
-    (`config.resolve_conv_impl`: the matmul forms on a CPU and where a device runs several
-    seeds). Only the agent sees it: config.json keeps what the user asked for (`auto`)."""
+    (`config.resolve_config_conv`: oneDNN's form on a CPU for large encoder batches when the
+    seeds share one device, else the matmul forms, as where a GPU runs several seeds). Only
+    the agent sees it: config.json keeps what the user asked for (`auto`)."""
     per_device = seeds_per_device(num_seeds, devices)
-    impl = resolve_conv_impl(config.model.conv_impl, per_device)
+    sharded = min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
+    impl = resolve_config_conv(config, per_device, sharded)
     return override(config, {"model.conv_impl": impl})
 
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mummi_jax import networks, objectives
-from mummi_jax.config import Config, resolve_conv_impl
+from mummi_jax.config import Config, resolve_config_conv
 from mummi_jax.distributions import product_of_experts, sample
 
 
@@ -89,7 +89,7 @@ class WorldModel:
         self.image_modalities = [k for k in self.shapes if len(self.shapes[k]) == 3]
         # The runner hands over the form it resolved for its seeds per device; an agent built
         # directly from an `auto` config gets the one-seed rule (a no-op for xla | matmul).
-        conv = resolve_conv_impl(m.conv_impl)
+        conv = resolve_config_conv(c)
         for name, shape in self.shapes.items():
             if len(shape) == 3:
                 mods[f"enc_{name}"] = networks.ConvEncoder(

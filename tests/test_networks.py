@@ -98,8 +98,8 @@ def test_unknown_conv_impl_names_the_choices():
 @pytest.mark.parametrize(
     "impl,backend,per_device,want",
     [
-        ("auto", "cpu", 1, "matmul_cm"),
-        ("auto", "cpu", 4, "matmul_cm"),
+        ("auto", "cpu", 1, "onednn"),  # tests/test_kernels.py: the kernel is built here
+        ("auto", "cpu", 4, "onednn"),  # no workload given: counts as large
         ("auto", "gpu", 1, "xla"),
         ("auto", "gpu", 2, "matmul"),
         ("auto", "tpu", 8, "matmul"),
@@ -108,7 +108,9 @@ def test_unknown_conv_impl_names_the_choices():
         ("matmul", "gpu", 1, "matmul"),
     ],
 )
-def test_auto_conv_impl_picks_matmul_on_cpu_and_for_vmapped_seeds(impl, backend, per_device, want):
+def test_auto_conv_impl_picks_onednn_on_cpu_and_matmul_for_vmapped_seeds(
+    impl, backend, per_device, want
+):
     assert C.resolve_conv_impl(impl, per_device, backend) == want
 
 

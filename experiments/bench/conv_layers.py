@@ -69,7 +69,7 @@ def _products(o, k, length, rng):
 def run(flags):
     cfg = presets.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
     m = cfg.model
-    form = C.resolve_conv_impl(m.conv_impl)
+    form = C.resolve_config_conv(cfg)
     n = cfg.train.batch * cfg.train.length
     repeats = flags.repeats or 3
     rng = np.random.default_rng(0)

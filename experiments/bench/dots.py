@@ -3,9 +3,10 @@
 Compiles one update (`agent.train`, the `train_step` benchmark's shapes; nothing is run) and
 reads its optimised HLO: every `dot`, its FLOPs (2 x output size x contracted size) times the
 trip count of the loops around it, and whether XLA handed it to YNNPACK (a `__ynn_fusion`) or
-left it to Eigen. XLA:CPU takes a dot to YNNPACK only when it contracts its left operand's
-last axis; weight gradients `x^T dY` contract the first (BENCHMARKS.md "Channel-major
-encoders"). Prints one total record and the `--repeats` (default 10) largest Eigen dots.
+left it to Eigen; oneDNN's convolutions (`mummi_jax.kernels`) count as backend "onednn".
+XLA:CPU takes a dot to YNNPACK only when it contracts its left operand's last axis; weight
+gradients `x^T dY` contract the first (BENCHMARKS.md "Channel-major encoders"). Prints one
+total record and the `--repeats` (default 10) largest Eigen dots.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import re
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) ")
 _VALUE = re.compile(r"\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]")
 _DOT = re.compile(r"\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* dot\(%(\S+?), %(\S+?)\)")
+# mummi_jax.kernels.onednn's convolutions: products XLA does not see as dots.
+_CONV = re.compile(
+    r"\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]\S* custom-call\(%(\S+?), %(\S+?)\).*"
+    r'custom_call_target="mummi_conv_(\w+)"'
+)
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CALLEE = re.compile(r"(?:calls|to_apply|body|condition)=%([\w.\-]+)")
 
@@ -27,7 +33,9 @@ def _dims(text: str) -> list[int]:
 
 def dot_table(hlo: str) -> list[dict]:
     """One row per dot of an optimised HLO module's text: flops (times its loops' trip
-    counts), backend ("ynnpack" | "eigen"), output and lhs shapes, lhs contracting dims."""
+    counts), backend ("ynnpack" | "eigen"), output and lhs shapes, lhs contracting dims; and
+    one per oneDNN convolution custom call (backend "onednn": 2 x the products' multiply-adds,
+    the same count as the patch products it replaces)."""
     bodies: dict[str, list[str]] = {}
     name = None
     for line in hlo.splitlines():
@@ -63,6 +71,10 @@ def dot_table(hlo: str) -> list[dict]:
     for comp, lines in bodies.items():
         shapes = {m.group(1): _dims(m.group(2)) for m in map(_VALUE.match, lines) if m}
         for line in lines:
+            conv = _CONV.match(line)
+            if conv:
+                rows.append(_conv_row(conv, shapes, weight[comp]))
+                continue
             m = _DOT.match(line)
             if not m:
                 continue
@@ -80,6 +92,23 @@ def dot_table(hlo: str) -> list[dict]:
                 "op": op.group(1).split("/")[-2:] if op else [],
             })  # fmt: skip
     return sorted(rows, key=lambda r: -r["gflop"])
+
+
+def _conv_row(m, shapes, times) -> dict:
+    out, a, b = _dims(m.group(2)), shapes.get(m.group(3), []), shapes.get(m.group(4), [])
+    kind = m.group(5)
+    # forward (x, w) -> y; input_gradient (dy, w) -> dx; kernel_gradient (x, dy) -> dw.
+    dy = out if kind == "forward" else (a if kind == "input_gradient" else b)
+    w = out if kind == "kernel_gradient" else b
+    macs = math.prod(dy) * math.prod(w[:3]) if dy and len(w) == 4 else 0
+    return {
+        "gflop": 2 * macs * times / 1e9,
+        "backend": "onednn",
+        "out": out,
+        "lhs": a,
+        "lhs_contracting": [],
+        "op": [f"conv_{kind}"],
+    }
 
 
 def run(flags):
@@ -110,6 +139,7 @@ def run(flags):
         "gflop": round(sum(totals.values()), 1),
         "gflop_ynnpack": round(totals["ynnpack"], 1),
         "gflop_eigen": round(totals["eigen"], 1),
+        "gflop_onednn": round(totals["onednn"], 1),
         "dots": len(rows),
     }
     for r in [r for r in rows if r["backend"] == "eigen"][: flags.repeats or 10]:

@@ -171,7 +171,7 @@ def run(flags):
             "repeats": repeats,
             "reference_commit": reference_version(flags.reference),
             "allocator": ts.allocator(),
-            "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),
+            "conv_form": C.resolve_config_conv(cfg),
             "precision": cfg.model.precision,
             "reference_policy": policy,
             "reference_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT),

@@ -93,7 +93,8 @@ def gemm_gflops(n=2048, repeats=5) -> float:
 
 
 def dot_gflop(compiled) -> float:
-    """GFLOP of every matrix product a compiled program runs (loops' trip counts included)."""
+    """GFLOP of every matrix product a compiled program runs (loops' trip counts included),
+    oneDNN's convolutions counted as the products they compute."""
     from experiments.bench.dots import dot_table
 
     return sum(r["gflop"] for r in dot_table(compiled.as_text()))
@@ -214,7 +215,7 @@ def run(flags):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(jax.devices()[0].device_kind),
         "conv_impl": cfg.model.conv_impl,
-        "conv_form": C.resolve_conv_impl(cfg.model.conv_impl),  # what `auto` became here
+        "conv_form": C.resolve_config_conv(cfg),  # what `auto` became here
         "allocator": allocator(),
     }
     gemm = gemm_gflops()
