@@ -1,5 +1,6 @@
 """mummi_jax: multi-modal world-model agents (MuMMI, CVRL, Dreamer, CoRAL) in JAX."""
 
+import platform
 import sys
 import warnings
 
@@ -39,7 +40,7 @@ class BuildKernels(build_ext):
             self.extensions = []
             return
         for ext in self.extensions:
-            # oneapi/dnnl/dnnl.hpp: the include root is two levels above it.
+            # .../include/oneapi/dnnl/dnnl.hpp: the include root is two folders above it.
             ext.include_dirs += [
                 os.path.dirname(os.path.dirname(os.path.dirname(header))),
                 os.path.join(jaxlib, "include"),
@@ -54,6 +55,7 @@ KERNELS = (
             "mummi_jax.kernels._onednn_conv",
             ["mummi_jax/kernels/onednn_conv.cc"],
             language="c++",
+            # The warnings silenced are the XLA FFI headers', not ours.
             extra_compile_args=[
                 "-std=c++17",
                 "-O2",
@@ -64,7 +66,7 @@ KERNELS = (
             optional=True,
         )
     ]
-    if sys.platform.startswith("linux")
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64"
     else []
 )
 

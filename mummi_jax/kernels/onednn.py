@@ -5,12 +5,13 @@
 kernel gradient are three custom calls (onednn_conv.cc) under one `jax.custom_vjp`. Under
 `vmap` (seeds of a sweep) each call runs once per batch element (`vmap_method="sequential"`).
 CPU only: `config.resolve_conv_impl` picks it for `model.conv_impl=auto` on a CPU where
-`available()`; elsewhere the encoders keep XLA's forms.
+`available()`, for float32 encoders of large batches on one device; elsewhere the encoders
+keep XLA's forms.
 
 Why: XLA:CPU runs the encoders as patch matrices and GEMMs at 60-150 GFLOP/s at these
 shapes, where oneDNN's direct kernels (what the released TensorFlow code runs) need no
-patches: the encoders' part of a paper-size update drops by about a third (BENCHMARKS.md,
-"oneDNN's convolutions inside the jitted update").
+patches: the encoders' part of a paper-size update drops by about a quarter, to within 4 %
+of the released code's (BENCHMARKS.md, "oneDNN's convolutions inside the jitted update").
 
 The kernel is built at install time (setup.py) against the `onednn-cpu-gomp` wheel, whose
 library is loaded here before the kernel. `status()` says why it is unavailable, if it is.
