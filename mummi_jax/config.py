@@ -198,8 +198,9 @@ class ModelConfig:
     # Encoder convs and decoder transposed convs: "xla" (lax.conv*), "matmul" (one matmul
     # per layer; same parameters and outputs), "matmul_cm" (matmul, channel-major encoders) or
     # "onednn" (oneDNN's convolutions in the encoders, CPU, float32; decoders as matmul);
-    # "auto" is resolve_conv_impl's choice (onednn on a CPU where its kernel is built, else
-    # matmul_cm; matmul where a GPU runs several seeds of a sweep; else xla).
+    # "auto" is resolve_config_conv's choice (onednn on one CPU device for large encoder
+    # batches where its kernel is built, else matmul_cm; matmul where a GPU runs several
+    # seeds of a sweep; else xla).
     conv_impl: ConvImpl = "auto"
 
 

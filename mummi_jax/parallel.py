@@ -113,14 +113,19 @@ def unstack(tree: PyTree, i: int) -> PyTree:
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def seed_devices(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> int:
+    """D = min(S, devices): how many devices the seed axis is sharded over (default devices:
+    `jax.local_devices()`)."""
+    return min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
+
+
 def seeds_per_device(num_seeds: int, devices: Sequence[jax.Device] | None = None) -> int:
-    """Rows of the seed axis each device computes: ceil(S / D) with D = min(S, devices).
+    """Rows of the seed axis each device computes: ceil(S / D) with D = `seed_devices`.
 
     Above 1, a device runs a vmapped batch of seeds; the runner then builds its agent with
     `config.resolve_conv_impl(..., seeds_per_device)`, which avoids grouped convolutions.
     """
-    n_dev = min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
-    return -(-int(num_seeds) // max(n_dev, 1))
+    return -(-int(num_seeds) // max(seed_devices(num_seeds, devices), 1))
 
 
 class SeedParallel:

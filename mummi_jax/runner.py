@@ -50,7 +50,7 @@ from mummi_jax.config import (
 )
 from mummi_jax.episodes import EnvList, env_kwargs_from_config, run_episodes
 from mummi_jax.metrics import MetricsLog
-from mummi_jax.parallel import SeedParallel, seed_key, seeds_per_device
+from mummi_jax.parallel import SeedParallel, seed_devices, seed_key, seeds_per_device
 from mummi_jax.replay import Replay, prefetch
 
 EVAL_OFFSET = 10_000  # evaluation envs and episode seeds: disjoint from training's
@@ -82,8 +82,7 @@ def agent_config(config: Config, num_seeds: int = 1, devices=None) -> Config:
     seeds share one device, else the matmul forms, as where a GPU runs several seeds). Only
     the agent sees it: config.json keeps what the user asked for (`auto`)."""
     per_device = seeds_per_device(num_seeds, devices)
-    sharded = min(len(jax.local_devices() if devices is None else devices), int(num_seeds))
-    impl = resolve_config_conv(config, per_device, sharded)
+    impl = resolve_config_conv(config, per_device, seed_devices(num_seeds, devices))
     return override(config, {"model.conv_impl": impl})
 
 
