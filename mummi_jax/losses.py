@@ -156,11 +156,34 @@ def mummi_nce(z, x, mask, mask_mode="reference", mean_mode="all_rows"):
     Returns:
       Scalar loss; the agent multiplies it by lambda^m.
     """
+    masks = None if mask is None else mask[None]
+    return mummi_nce_stacked(z, x[None], masks, mask_mode, mean_mode)[0]
+
+
+def mummi_nce_stacked(z, xs, masks, mask_mode="reference", mean_mode="all_rows"):
+    """`mummi_nce` of one z against K modalities' expert means at once: `(K,)` losses.
+
+    Args:
+      z: `(N, D)` g(z_t), shared by every modality (eq. 17 sums over m with one g).
+      xs: `(K, N, D)` expert means mu^m(x^m); masks: `(K, N)` presence, or None.
+
+    Why stacked: the K logit matrices come from one `(N, D) @ (D, K*N)` product, and the
+    backward pass's products are K times wider too. On a 2-core CPU the three modalities'
+    loss, forward and backward at the paper's N = 2500, D = 1024, took 0.89 s this way
+    against 1.35 s as three products (the released code's form, 0.93 s in its TensorFlow);
+    a whole update 3 % less (BENCHMARKS.md, "The contrastive loss as one product"). Every
+    logit is the same sum either way.
+    """
     # Squared norms of 1024-d vectors overflow in half precision (the reference's float16
     # did), so the kernel is always evaluated in float32.
-    z, x = z.astype(jnp.float32), x.astype(jnp.float32)
-    logits = 2 * z @ x.T - jnp.sum(z * z, -1)[:, None] - jnp.sum(x * x, -1)[None]
-    return _nce(logits, mask, mask, mask_mode, mean_mode)
+    z, xs = z.astype(jnp.float32), xs.astype(jnp.float32)
+    k, n, d = xs.shape
+    flat = xs.reshape(k * n, d)
+    logits = 2 * z @ flat.T - jnp.sum(z * z, -1)[:, None] - jnp.sum(flat * flat, -1)[None]
+    logits = logits.reshape(n, k, n)  # row i, modality, column j
+    if masks is None:
+        return jax.vmap(lambda lg: _nce(lg, None, None, mask_mode, mean_mode), 1)(logits)
+    return jax.vmap(lambda lg, m: _nce(lg, m, m, mask_mode, mean_mode), (1, 0))(logits, masks)
 
 
 def cvrl_nce(z, x, mask=None, bilinear=None, mask_mode="exact", mean_mode="present_rows"):

@@ -169,11 +169,11 @@ def _mummi_loss(ctx: LossContext, modalities):
     """`sum_m lambda^m L_nce^m` with z = g(s) against each expert mean (MuMMI eq. 14-17)."""
     c = ctx.config.loss
     z = _flat(ctx.wm.apply(ctx.params, "g", ctx.feat))
+    means = jnp.stack([_flat(ctx.experts[m][0]) for m in modalities])
+    flags = jnp.stack([_flat(ctx.flags[m]) for m in modalities])
+    per_modality = losses.mummi_nce_stacked(z, means, flags, c.nce_mask, c.nce_mean)
     total, metrics = 0.0, {}
-    for m in modalities:
-        loss = losses.mummi_nce(
-            z, _flat(ctx.experts[m][0]), _flat(ctx.flags[m]), c.nce_mask, c.nce_mean
-        )
+    for m, loss in zip(modalities, per_modality, strict=True):
         metrics[f"wm/nce/{m}"] = loss
         total = total + ctx.weights[m] * loss
     return total, metrics

@@ -135,6 +135,27 @@ def test_mummi_half_precision_inputs_are_evaluated_in_float32():
 MASK = np.array([1, 0, 1, 1, 0, 1], np.float32)
 
 
+@pytest.mark.parametrize("modes", [("reference", "all_rows"), ("exact", "present_rows")])
+def test_stacked_nce_equals_one_loss_per_modality(modes):
+    # Three modalities with their own masks against one z: each of the stacked losses, and
+    # the gradients of their weighted sum, equal the modality's loss computed alone.
+    z, _ = random_pair(11, n=6)
+    xs = jnp.stack([random_pair(12 + k, n=6)[1] for k in range(3)])
+    masks = jnp.stack([jnp.asarray(MASK), jnp.asarray(MASK[::-1]), jnp.ones(6)])
+    weights = jnp.array([1.0, 0.3, 0.001])
+    alone = lambda z, xs: jnp.stack(
+        [losses.mummi_nce(z, xs[k], masks[k], *modes) for k in range(3)]
+    )
+    stacked = lambda z, xs: losses.mummi_nce_stacked(z, xs, masks, *modes)
+    np.testing.assert_allclose(stacked(z, xs), alone(z, xs), rtol=1e-6)
+    assert len(set(np.round(np.asarray(alone(z, xs)), 4))) == 3  # the masks matter
+    grads = [
+        jax.grad(lambda *a, f=f: jnp.sum(weights * f(*a)), (0, 1))(z, xs) for f in (stacked, alone)
+    ]
+    for got, want in zip(*grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_exact_mask_equals_sub_batch_with_masked_samples_deleted():
     z, x = random_pair(5, n=6)
     keep = MASK > 0
