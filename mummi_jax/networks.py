@@ -391,6 +391,24 @@ class StridedConv(nn.Module):
         return y + bias
 
 
+# Under `onednn`, a layer with outputs smaller than this (on a side) runs as the channel-major
+# matmul instead: the 64x64 encoder's last layer (6x6 -> 2x2, k4 s2), a GEMM in all but
+# name, took oneDNN 0.41 s and the matmul 0.21-0.23 s per encoder at the paper's batch
+# (forward + both gradients; 0.33 against 0.19-0.21 s on a Zen 4 box), while at 6x6 outputs
+# and up oneDNN was as fast or faster (BENCHMARKS.md, "The encoders' last layer as a
+# matmul").
+ONEDNN_MIN_OUTPUT = 3
+
+
+def encoder_layer_form(conv_impl: str, out_side: int) -> str:
+    """The form one `ConvEncoder` layer with `out_side` x `out_side` outputs runs in under a
+    resolved `conv_impl`: `conv_impl` itself, except oneDNN's small-output layers, which run
+    as ``"matmul_cm"``."""
+    if conv_impl == "onednn" and out_side < ONEDNN_MIN_OUTPUT:
+        return "matmul_cm"
+    return conv_impl
+
+
 class ConvEncoder(nn.Module):
     """4 convs depth*2^i, kernel 4, stride 2, VALID, ReLU; NHWC flatten (64x64 -> 1024)."""
 
@@ -408,18 +426,20 @@ class ConvEncoder(nn.Module):
     def __call__(self, x):  # (..., S, S, C) -> (..., E)
         x, lead = _flatten_lead(x, 3)
         # `matmul_cm` runs the whole stack channel-major (`conv_stride2_matmul_cm`): one
-        # layout change in and one out, none between layers. Opt-in until the learning checks
-        # have been repeated with it (BENCHMARKS.md "Channel-major encoders").
-        cm = self.conv_impl == "matmul_cm"
-        if cm:
-            x = x.transpose(3, 0, 1, 2)
+        # layout change in and one out, none between layers (BENCHMARKS.md "Channel-major
+        # encoders"). Under `onednn` only its small-output layers do (`encoder_layer_form`).
+        cm = False  # is x channel-major (C, N, H, W) now?
         for i in range(self.layers):
+            side = (x.shape[2 if cm else 1] - 4) // 2 + 1
+            layer_cm = encoder_layer_form(self.conv_impl, side) == "matmul_cm"
+            if layer_cm != cm:
+                x = x.transpose(3, 0, 1, 2) if layer_cm else x.transpose(1, 2, 3, 0)
+                cm = layer_cm
             # Named as nn.Conv would be: parameter trees are those of earlier checkpoints.
-            impl = "matmul" if cm else self.conv_impl
             conv = StridedConv(
                 self.depth * 2**i,
                 4,
-                impl,
+                "matmul" if cm else self.conv_impl,
                 self.dtype,
                 channel_major=cm,
                 matmul_dtype=self.matmul_dtype,

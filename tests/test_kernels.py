@@ -83,6 +83,13 @@ def test_the_encoder_in_onednn_form_equals_the_channel_major_form():
         jax.random.key(0), x))  # fmt: skip
     out = {f: jax.jit(e.apply)(params, x) for f, e in forms.items()}
     assert out["onednn"].shape == (2, 3, 64 * 2 * 2)
+    # The last layer (6x6 -> 2x2) runs as the channel-major matmul: three oneDNN layers.
+    text = jax.jit(forms["onednn"].apply).lower(params, x).as_text()
+    assert text.count("mummi_conv_forward") == 3
+    assert [networks.encoder_layer_form("onednn", s) for s in (31, 14, 6, 2)] == [
+        "onednn", "onednn", "onednn", "matmul_cm"
+    ]  # fmt: skip
+    assert networks.encoder_layer_form("matmul_cm", 6) == "matmul_cm"
     _close(out["onednn"], out["matmul_cm"], 1e-5)
     grads = {
         f: jax.jit(jax.grad(lambda p, e=e: jnp.sum(jnp.tanh(e.apply(p, x)))))(params)

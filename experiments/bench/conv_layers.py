@@ -1,7 +1,9 @@
 """`--what=conv_layers`: each encoder conv layer against the bare matrix products it runs.
 
 For every layer of the image and depth encoders at the size's shapes (N = B x T frames), in
-the form `model.conv_impl` resolves to here, one process, quiet box assumed:
+the form `model.conv_impl` resolves to here (per layer, as `networks.encoder_layer_form`
+gives it: under `onednn` the small-output last layer is a channel-major matmul), one
+process, quiet box assumed:
 - `seconds`: the layer as the update runs it, forward + weight gradient + input gradient
   (the first layer has no input gradient: pixels are not trained), bias and ReLU included;
 - `gemm_seconds`: its three products alone at the same shapes, `(O, K) @ (K, L)`,
@@ -69,7 +71,7 @@ def _products(o, k, length, rng):
 def run(flags):
     cfg = presets.make_config(flags.method, "walker_walk", flags.size, overrides=flags.set)
     m = cfg.model
-    form = C.resolve_config_conv(cfg)
+    encoder_form = C.resolve_config_conv(cfg)
     n = cfg.train.batch * cfg.train.length
     repeats = flags.repeats or 3
     rng = np.random.default_rng(0)
@@ -78,6 +80,7 @@ def run(flags):
         shapes = _layer_shapes(cfg.env.image_size, channels, m.cnn_depth, m.cnn_layers)
         for i, (c, o, side, out) in enumerate(shapes):
             trains_input = i > 0
+            form = networks.encoder_layer_form(encoder_form, out)  # as ConvEncoder runs it
             cm = form == "matmul_cm"
             x_shape = (c, n, side, side) if cm else (n, side, side, c)
             y_shape = (o, n, out, out) if cm else (n, out, out, o)
@@ -114,7 +117,7 @@ def run(flags):
     yield {
         "what": "conv_layers",
         "size": flags.size,
-        "form": form,
+        "form": encoder_form,
         "frames": n,
         **totals,
         "overhead_seconds": totals["seconds"] - totals["gemm_seconds"],
