@@ -138,7 +138,8 @@ MASK = np.array([1, 0, 1, 1, 0, 1], np.float32)
 @pytest.mark.parametrize("modes", [("reference", "all_rows"), ("exact", "present_rows")])
 def test_stacked_nce_equals_one_loss_per_modality(modes):
     # Three modalities with their own masks against one z: each of the stacked losses, and
-    # the gradients of their weighted sum, equal the modality's loss computed alone.
+    # the gradients of their weighted sum, equal the modality's loss computed alone (one
+    # modality's `mummi_nce`, checked against NumPy by the tests above).
     z, _ = random_pair(11, n=6)
     xs = jnp.stack([random_pair(12 + k, n=6)[1] for k in range(3)])
     masks = jnp.stack([jnp.asarray(MASK), jnp.asarray(MASK[::-1]), jnp.ones(6)])
