@@ -202,6 +202,11 @@ class ModelConfig:
     # batches where its kernel is built, else matmul_cm; matmul where a GPU runs several
     # seeds of a sweep; else xla).
     conv_impl: ConvImpl = "auto"
+    # The reward, actor and value heads' activations: "rows" ((rows, features), nn.Dense) or
+    # "features" ((features, rows): the products XLA:CPU leaves to Eigen, faster than
+    # YNNPACK for these shapes; same parameters and outputs); "auto" is
+    # resolve_head_layout's choice (features on a CPU unless bfloat16_matmul, else rows).
+    head_layout: Literal["auto", "rows", "features"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -533,6 +538,27 @@ def resolve_config_conv(
     )
 
 
+def resolve_head_layout(config: Config, backend: str | None = None) -> str:
+    """`model.head_layout` -> ``"rows"`` or ``"features"`` (`networks.DenseHead`).
+
+    ``auto`` picks ``features`` on a CPU where the heads' products are float32 (every
+    precision but ``bfloat16_matmul``): XLA:CPU hands a `(rows, K) @ (K, N)`
+    product to YNNPACK, which at the heads' shapes (K, N of 200-400, 2,500-37,500 rows)
+    runs slower than Eigen, which takes the same product written `w^T h` on activations
+    stored feature-major; a paper-size update drops 2.9 % (BENCHMARKS.md, "Feature-major
+    heads"). Elsewhere ``rows``: GPUs' GEMMs take either form, and the mixed-precision
+    products (`mixed_matmul`) are written for rows. `backend` defaults to
+    `jax.default_backend()`."""
+    m = config.model
+    if m.head_layout != "auto":
+        return m.head_layout
+    if backend is None:
+        import jax  # only here: the config module otherwise imports no JAX
+
+        backend = jax.default_backend()
+    return "features" if backend == "cpu" and m.precision != "bfloat16_matmul" else "rows"
+
+
 def resolve_conv_impl(
     impl: str,
     seeds_per_device: int = 1,
@@ -638,6 +664,11 @@ def _check_combinations(config: Config) -> None:
             f"train.train_steps={max(1, t.train_steps // t.updates_per_call) * t.updates_per_call}"
         )
     m = config.model
+    if m.head_layout == "features" and m.precision == "bfloat16_matmul":
+        raise ValueError(
+            "model.head_layout='features' computes the heads' products in float32; with "
+            "model.precision='bfloat16_matmul' set model.head_layout=rows or auto"
+        )
     if m.conv_impl == "onednn" and m.precision != "float32":
         raise ValueError(
             f"model.conv_impl='onednn' computes in float32; with model.precision="

@@ -589,16 +589,48 @@ class RSSMCell(nn.Module):
         return self.obs_step(prev, action, fused, noise)
 
 
+class FeatureMajorDense(nn.Module):
+    """`nn.Dense` on feature-major activations: `(K, M) -> (N, M)` as `kernel^T h + bias`,
+    with `nn.Dense`'s parameters (`kernel` (K, N), `bias` (N,)) and initialisers.
+
+    Why: XLA:CPU hands `h (M, K) @ kernel` to YNNPACK (a product contracting its left
+    operand's last axis) and `kernel^T h` to Eigen, which at the heads' shapes (K, N of
+    200-400, thousands of rows) is the faster of the two (BENCHMARKS.md, "Feature-major
+    heads")."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h):
+        kernel = self.param("kernel", glorot, (h.shape[0], self.features))
+        bias = self.param("bias", zeros, (self.features,))
+        return jax.lax.dot_general(kernel, h, (((0,), (0,)), ((), ()))) + bias[:, None]
+
+
 class DenseHead(nn.Module):
-    """`layers` ELU layers of `units`, then a linear output (reward, value, actor)."""
+    """`layers` ELU layers of `units`, then a linear output (reward, value, actor).
+
+    `layout="features"` computes the same layers on transposed activations
+    (`FeatureMajorDense`; one transpose in, one out): same parameters, same outputs up to
+    float rounding (`config.resolve_head_layout` picks it on a CPU); float32 products only."""
 
     units: int = 400
     layers: int = 2
     out: int = 1
     matmul_dtype: Any = None  # the products' operands (precision_dtypes); None: float32
+    layout: str = "rows"  # "rows" | "features"
 
     @nn.compact
     def __call__(self, x):
+        if self.layout == "features":
+            if self.matmul_dtype is not None:
+                raise ValueError("DenseHead(layout='features') computes its products in float32")
+            lead = x.shape[:-1]
+            h = x.reshape(-1, x.shape[-1]).T
+            for i in range(self.layers):  # named as nn.Dense names itself: same parameters
+                h = elu(FeatureMajorDense(self.units, name=f"Dense_{i}")(h))
+            out = FeatureMajorDense(self.out, name=f"Dense_{self.layers}")(h)
+            return out.T.reshape(*lead, self.out)
         for _ in range(self.layers):
             x = elu(dense(self.units, matmul_dtype=self.matmul_dtype)(x))
         return dense(self.out, matmul_dtype=self.matmul_dtype)(x)

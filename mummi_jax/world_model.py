@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from mummi_jax import networks, objectives
-from mummi_jax.config import Config, resolve_config_conv
+from mummi_jax.config import Config, resolve_config_conv, resolve_head_layout
 from mummi_jax.distributions import product_of_experts, sample
 
 
@@ -110,7 +110,8 @@ class WorldModel:
         mods["rssm"] = networks.RSSMCell(
             m.stoch, m.deter, m.hidden, m.min_std, m.rssm_layers, matmul_dtype
         )
-        mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1, matmul_dtype)
+        heads = resolve_head_layout(c)
+        mods["reward"] = networks.DenseHead(m.units, m.reward_layers, 1, matmul_dtype, heads)
         # Representation heads (objectives.py): heads shared over modalities first, in
         # registry order, then each modality's own, in the task's order. `init` draws their
         # keys in this order, the order they had before the registry, so seeds keep their params.
@@ -126,8 +127,10 @@ class WorldModel:
             self.heads.append((name, modalities, list(built)))
         self.modules = mods
         self.feat_size = m.stoch + m.deter
-        self.actor = networks.DenseHead(m.units, m.actor_layers, 2 * self.action_dim, matmul_dtype)
-        self.value = networks.DenseHead(m.units, m.value_layers, 1, matmul_dtype)
+        self.actor = networks.DenseHead(
+            m.units, m.actor_layers, 2 * self.action_dim, matmul_dtype, heads
+        )
+        self.value = networks.DenseHead(m.units, m.value_layers, 1, matmul_dtype, heads)
         b = c.behavior
         self.sac_actor = networks.DenseHead(
             b.sac_hidden, b.sac_layers, 2 * self.action_dim, matmul_dtype

@@ -428,3 +428,52 @@ def test_elu_matches_jax_elu_values_and_gradients():
     np.testing.assert_allclose(
         networks.elu(xb).astype(jnp.float32), jax.nn.elu(xb).astype(jnp.float32), atol=1e-2
     )
+
+
+@pytest.mark.parametrize("lead", [(7,), (3, 5), ()])
+def test_feature_major_head_has_the_same_parameters_outputs_and_gradients(lead):
+    """DenseHead(layout="features") (transposed activations, `kernel^T h` products) against
+    the row form: the same parameter tree and initial values from one key, the same outputs
+    and gradients for any leading shape."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(*lead, 23)), jnp.float32)
+    rows = networks.DenseHead(16, 3, 4, layout="rows")
+    feats = networks.DenseHead(16, 3, 4, layout="features")
+    p_rows, p_feats = rows.init(jax.random.key(0), x), feats.init(jax.random.key(0), x)
+    assert jax.tree.structure(p_rows) == jax.tree.structure(p_feats)
+    for a, b in zip(jax.tree.leaves(p_rows), jax.tree.leaves(p_feats), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with jax.default_matmul_precision("highest"):
+        out_rows, out_feats = rows.apply(p_rows, x), feats.apply(p_rows, x)
+        assert out_feats.shape == (*lead, 4)
+        np.testing.assert_allclose(out_feats, out_rows, rtol=1e-5, atol=1e-5)
+
+        def loss(module):
+            return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+        g_rows = jax.grad(loss(rows), argnums=(0, 1))(p_rows, x)
+        g_feats = jax.grad(loss(feats), argnums=(0, 1))(p_rows, x)
+    for a, b in zip(jax.tree.leaves(g_rows), jax.tree.leaves(g_feats), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_head_layout_resolves_by_backend_and_precision_and_refuses_mixed_products():
+    cfg = presets.make_config("mummi", "walker_walk", "tiny")
+    assert C.resolve_head_layout(cfg, backend="cpu") == "features"
+    assert C.resolve_head_layout(cfg, backend="gpu") == "rows"
+    bf16 = presets.make_config(
+        "mummi", "walker_walk", "tiny", overrides=["model.precision=bfloat16_matmul"]
+    )
+    assert C.resolve_head_layout(bf16, backend="cpu") == "rows"
+    rows = presets.make_config("mummi", "walker_walk", "tiny", overrides=["model.head_layout=rows"])
+    assert C.resolve_head_layout(rows, backend="cpu") == "rows"
+    with pytest.raises(ValueError, match="head_layout=rows or auto"):
+        presets.make_config(
+            "mummi",
+            "walker_walk",
+            "tiny",
+            overrides=["model.precision=bfloat16_matmul", "model.head_layout=features"],
+        )
+    with pytest.raises(ValueError, match="float32"):
+        networks.DenseHead(8, 1, 1, jnp.bfloat16, "features").init(
+            jax.random.key(0), jnp.ones((2, 3))
+        )
