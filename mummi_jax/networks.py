@@ -351,6 +351,9 @@ class StridedConv(nn.Module):
     channel_major: bool = False
     # The products' operand dtype, accumulated in float32 (`precision_dtypes`); None: float32.
     matmul_dtype: Any = None
+    # ReLU after the bias (the encoders' layers): under `onednn` oneDNN applies both as it
+    # writes the output (`onednn.conv_bias_relu`), saving a pass over the activations.
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x):  # (N, H, W, C) -> (N, H', W', features); see channel_major
@@ -375,12 +378,15 @@ class StridedConv(nn.Module):
         bias = self.param("bias", zeros, (self.features,))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         md = self.matmul_dtype
+        act = nn.relu if self.relu else (lambda y: y)
         if self.channel_major:
-            return conv_stride2_matmul_cm(x, kernel, md) + bias[:, None, None, None]
+            return act(conv_stride2_matmul_cm(x, kernel, md) + bias[:, None, None, None])
         dims = ("NHWC", "HWIO", "NHWC")
         if self.impl == "onednn":
             from mummi_jax.kernels import onednn
 
+            if self.relu:
+                return onednn.conv_bias_relu(x, kernel, bias, 2)
             return onednn.conv(x, kernel, 2) + bias
         matmul = self.impl == "matmul"
         if matmul and self.transpose:
@@ -399,7 +405,7 @@ class StridedConv(nn.Module):
             conv = jax.lax.conv_transpose if self.transpose else jax.lax.conv_general_dilated
             pad = self.padding if self.transpose else "VALID"
             y = conv(x, kernel, (2, 2), pad, dimension_numbers=dims)
-        return y + bias
+        return act(y + bias)
 
 
 # Under `onednn`, a layer with outputs smaller than this (on a side) runs as the channel-major
@@ -454,9 +460,10 @@ class ConvEncoder(nn.Module):
                 self.dtype,
                 channel_major=cm,
                 matmul_dtype=self.matmul_dtype,
+                relu=True,
                 name=f"Conv_{i}",
             )
-            x = nn.relu(conv(x))
+            x = conv(x)
         if cm:
             x = x.transpose(1, 2, 3, 0)
         return x.reshape(lead + (-1,)).astype(jnp.float32)

@@ -53,6 +53,29 @@ def test_conv_and_both_gradients_match_lax_conv(shape, k, o, stride):
         _close(a, b, 1e-5)
 
 
+@pytest.mark.parametrize("shape,k,o", [((5, 16, 16, 3), 4, 8), ((3, 14, 14, 8), 4, 16)])
+def test_conv_bias_relu_and_its_gradients_match_lax(shape, k, o):
+    """The fused forward (bias and ReLU as oneDNN's post-op) against relu(lax.conv + b):
+    values, and gradients for input, kernel and bias, with a bias that puts many outputs
+    below zero so that the mask matters."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(shape, np.float32))
+    w = jnp.asarray(rng.standard_normal((k, k, shape[-1], o), np.float32) * 0.2)
+    b = jnp.asarray(rng.standard_normal((o,), np.float32))
+    want_fn = lambda x, w, b: jax.nn.relu(_lax(x, w, 2) + b)
+    y = jax.jit(onednn.conv_bias_relu, static_argnums=3)(x, w, b, 2)
+    assert 0.1 < float(jnp.mean(y == 0)) < 0.9
+    _close(y, want_fn(x, w, b), 1e-5)
+    loss = lambda f: lambda x, w, b: jnp.sum(jnp.sin(f(x, w, b)))
+    fused = lambda x, w, b: onednn.conv_bias_relu(x, w, b, 2)
+    got = jax.jit(jax.grad(loss(fused), (0, 1, 2)))(x, w, b)
+    want = jax.grad(loss(want_fn), (0, 1, 2))(x, w, b)
+    for a, c in zip(got, want, strict=True):
+        _close(a, c, 1e-5)
+    with pytest.raises(ValueError, match="bias"):
+        onednn.conv_bias_relu(x, w, b[:-1], 2)
+
+
 def test_conv_under_vmap_and_scan_as_a_sweep_and_an_update_run_it():
     """A seed axis on both operands (a sweep's vmap: one call per seed) and gradient steps
     scanned over (the K updates of one jitted call)."""
@@ -83,9 +106,10 @@ def test_the_encoder_in_onednn_form_equals_the_channel_major_form():
         jax.random.key(0), x))  # fmt: skip
     out = {f: jax.jit(e.apply)(params, x) for f, e in forms.items()}
     assert out["onednn"].shape == (2, 3, 64 * 2 * 2)
-    # The last layer (6x6 -> 2x2) runs as the channel-major matmul: three oneDNN layers.
+    # The last layer (6x6 -> 2x2) runs as the channel-major matmul: three oneDNN layers,
+    # each with its bias and ReLU inside oneDNN's forward.
     text = jax.jit(forms["onednn"].apply).lower(params, x).as_text()
-    assert text.count("mummi_conv_forward") == 3
+    assert text.count("mummi_conv_forward_bias_relu") == text.count("mummi_conv_forward") == 3
     assert [networks.encoder_layer_form("onednn", s) for s in (31, 14, 6, 2)] == [
         "onednn", "onednn", "onednn", "matmul_cm"
     ]  # fmt: skip

@@ -42,15 +42,16 @@ def _layer_shapes(size, channels, depth, layers):
 
 
 def _layer_fn(form, trains_input):
-    """Gradient of one `ConvEncoder` layer (networks.StridedConv, then ReLU) in `form`."""
+    """Gradient of one `ConvEncoder` layer (networks.StridedConv with its ReLU, as the
+    encoder builds it: under `onednn` bias and ReLU inside the forward kernel) in `form`."""
     cm = form == "matmul_cm"
 
     def loss(kernel, bias, x, cotangent):
         layer = networks.StridedConv(
-            kernel.shape[-1], 4, "matmul" if cm else form, channel_major=cm
+            kernel.shape[-1], 4, "matmul" if cm else form, channel_major=cm, relu=True
         )
         y = layer.apply({"params": {"kernel": kernel, "bias": bias}}, x)
-        return jnp.vdot(jax.nn.relu(y), cotangent)
+        return jnp.vdot(y, cotangent)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2) if trains_input else (0, 1)))
 

@@ -29,6 +29,7 @@ import numpy as np
 
 _TARGETS = {
     "forward": "mummi_conv_forward",
+    "forward_bias_relu": "mummi_conv_forward_bias_relu",
     "input_gradient": "mummi_conv_input_gradient",
     "kernel_gradient": "mummi_conv_kernel_gradient",
 }
@@ -84,13 +85,17 @@ def _output_shape(x_shape, k_shape, stride):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, kernel, stride: int = 2):
     """(N, H, W, C) float32, (K, K, C, O) float32 -> (N, OH, OW, O), VALID, stride `stride`."""
+    _check(x, kernel)
+    return _call("forward", _output_shape(x.shape, kernel.shape, stride), stride, x, kernel)
+
+
+def _check(x, kernel):
     if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
         raise TypeError(f"onednn.conv: float32 only, got {x.dtype} and {kernel.dtype}")
     if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
         raise ValueError(f"onednn.conv: NHWC and HWIO expected, got {x.shape}, {kernel.shape}")
     if not available():
         raise RuntimeError(f"onednn.conv: {status()}")
-    return _call("forward", _output_shape(x.shape, kernel.shape, stride), stride, x, kernel)
 
 
 def _conv_fwd(x, kernel, stride):
@@ -105,3 +110,36 @@ def _conv_bwd(stride, residuals, g):
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_bias_relu(x, kernel, bias, stride: int = 2):
+    """`relu(conv(x, kernel, stride) + bias)`, bias (O,): the encoders' layer with the bias
+    and the ReLU applied by oneDNN's forward kernel as it writes its output (a post-op), as
+    TensorFlow's fused convolution does, instead of a second pass over the (N, OH, OW, O)
+    activations. The backward masks the cotangent with `y > 0` (JAX's ReLU gradient, 0 at
+    0) and runs `conv`'s two gradient kernels; the bias gradient is its sum."""
+    if bias.dtype != jnp.float32 or bias.shape != (kernel.shape[3],):
+        raise ValueError(
+            f"onednn.conv_bias_relu: float32 bias of shape ({kernel.shape[3]},) expected, "
+            f"got {bias.dtype} {bias.shape}"
+        )
+    _check(x, kernel)
+    shape = _output_shape(x.shape, kernel.shape, stride)
+    return _call("forward_bias_relu", shape, stride, x, kernel, bias)
+
+
+def _conv_bias_relu_fwd(x, kernel, bias, stride):
+    y = conv_bias_relu(x, kernel, bias, stride)
+    return y, (x, kernel, y)
+
+
+def _conv_bias_relu_bwd(stride, residuals, g):
+    x, kernel, y = residuals
+    g = jnp.where(y > 0, g, 0.0)
+    dx = _call("input_gradient", x.shape, stride, g, kernel)
+    dk = _call("kernel_gradient", kernel.shape, stride, x, g)
+    return dx, dk, jnp.sum(g, axis=(0, 1, 2))
+
+
+conv_bias_relu.defvjp(_conv_bias_relu_fwd, _conv_bias_relu_bwd)

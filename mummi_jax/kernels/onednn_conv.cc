@@ -42,12 +42,16 @@ struct Geometry {
   auto key() const { return std::make_tuple(n, h, w, c, k, o, stride); }
 };
 
-// The three primitives of one geometry, created once (creating one compiles its kernel).
+// The primitives of one geometry, created once (creating one compiles its kernel): the
+// forward alone and with bias and ReLU applied as it writes (a post-op: no second pass over
+// the output), the input gradient and the weight gradient.
 struct Primitives {
   dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_forward::primitive_desc fwd_bias_relu_pd;
   dnnl::convolution_backward_data::primitive_desc data_pd;
   dnnl::convolution_backward_weights::primitive_desc weights_pd;
   dnnl::convolution_forward fwd;
+  dnnl::convolution_forward fwd_bias_relu;
   dnnl::convolution_backward_data data;
   dnnl::convolution_backward_weights weights;
 };
@@ -61,13 +65,22 @@ std::unique_ptr<Primitives> create(const Geometry& g) {
   auto algo = dnnl::algorithm::convolution_direct;
   dnnl::convolution_forward::primitive_desc fwd(
       cpu(), dnnl::prop_kind::forward_training, algo, src, wei, dst, strides, pad, pad);
+  auto bias = dnnl::memory::desc({g.o}, f32, tag::a);
+  dnnl::post_ops relu;
+  relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(relu);
+  dnnl::convolution_forward::primitive_desc fwd_bias_relu(
+      cpu(), dnnl::prop_kind::forward_training, algo, src, wei, bias, dst, strides, pad, pad,
+      attr);
   dnnl::convolution_backward_data::primitive_desc data(
       cpu(), algo, src, wei, dst, strides, pad, pad, fwd);
   dnnl::convolution_backward_weights::primitive_desc weights(
       cpu(), algo, src, wei, dst, strides, pad, pad, fwd);
   return std::unique_ptr<Primitives>(new Primitives{
-      fwd, data, weights, dnnl::convolution_forward(fwd),
-      dnnl::convolution_backward_data(data), dnnl::convolution_backward_weights(weights)});
+      fwd, fwd_bias_relu, data, weights, dnnl::convolution_forward(fwd),
+      dnnl::convolution_forward(fwd_bias_relu), dnnl::convolution_backward_data(data),
+      dnnl::convolution_backward_weights(weights)});
 }
 
 const Primitives& primitives(const Geometry& g) {
@@ -149,6 +162,29 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   });
 }
 
+// x (N, H, W, C), w (K, K, C, O), b (O) -> y = relu(conv(x, w) + b) (N, OH, OW, O)
+ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
+                           int64_t stride) {
+  return guarded([&] {
+    Geometry g = geometry(x.dimensions(), w.dimensions(), stride);
+    if (auto e = check(g, x.dimensions(), w.dimensions(), y->dimensions()); e.failure()) return e;
+    if (b.dimensions().size() != 1 || b.dimensions()[0] != g.o)
+      return ffi::Error::InvalidArgument("onednn conv: the bias must be (O,)");
+    const Primitives& p = primitives(g);
+    const auto& pd = p.fwd_bias_relu_pd;
+    dnnl::stream s(cpu());
+    dnnl::memory src(pd.src_desc(), cpu(), x.typed_data());
+    dnnl::memory bias(pd.bias_desc(), cpu(), b.typed_data());
+    dnnl::memory dst(pd.dst_desc(), cpu(), y->typed_data());
+    auto wei = kernel_in(s, g, w.typed_data(), pd.weights_desc());
+    p.fwd_bias_relu.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                                {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}});
+    s.wait();
+    return ffi::Error::Success();
+  });
+}
+
 // dy (N, OH, OW, O), w (K, K, C, O) -> dx (N, H, W, C)
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                          ffi::ResultBuffer<ffi::F32> dx, int64_t stride) {
@@ -200,5 +236,12 @@ ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<int64_t>("stride")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mummi_conv_forward, Forward, MUMMI_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(mummi_conv_forward_bias_relu, ForwardBiasRelu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mummi_conv_input_gradient, InputGradient, MUMMI_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(mummi_conv_kernel_gradient, KernelGradient, MUMMI_CONV_BINDING);
