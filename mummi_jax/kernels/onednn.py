@@ -2,7 +2,9 @@
 
 `conv(x, kernel, stride)` is `lax.conv_general_dilated(x, kernel, (s, s), "VALID",
 ("NHWC", "HWIO", "NHWC"))` in float32, computed by oneDNN: forward, input gradient and
-kernel gradient are three custom calls (onednn_conv.cc) under one `jax.custom_vjp`. Under
+kernel gradient are three custom calls (onednn_conv.cc) under one `jax.custom_vjp`;
+`conv_bias_relu(x, kernel, bias, stride)` is `relu(conv + bias)` with the bias and ReLU
+applied by the forward kernel (a fourth call) and the same two gradient calls. Under
 `vmap` (seeds of a sweep) each call runs once per batch element (`vmap_method="sequential"`).
 CPU only: `config.resolve_conv_impl` picks it for `model.conv_impl=auto` on a CPU where
 `available()`, for float32 encoders of large batches on one device; elsewhere the encoders
