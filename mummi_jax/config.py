@@ -545,7 +545,7 @@ def resolve_head_layout(config: Config, backend: str | None = None) -> str:
     precision but ``bfloat16_matmul``): XLA:CPU hands a `(rows, K) @ (K, N)`
     product to YNNPACK, which at the heads' shapes (K, N of 200-400, 2,500-37,500 rows)
     runs slower than Eigen, which takes the same product written `w^T h` on activations
-    stored feature-major; a paper-size update drops 2.9 % (BENCHMARKS.md, "Feature-major
+    stored feature-major; a paper-size update drops 2.8 % (BENCHMARKS.md, "Feature-major
     heads"). Elsewhere ``rows``: GPUs' GEMMs take either form, and the mixed-precision
     products (`mixed_matmul`) are written for rows. `backend` defaults to
     `jax.default_backend()`."""

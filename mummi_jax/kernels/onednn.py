@@ -64,7 +64,11 @@ def status() -> str:
         for name in _TARGETS.values():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(kernel, name)), "cpu")
     except Exception as e:  # noqa: BLE001 - any failure here means: use XLA's forms
-        return f"the oneDNN kernel did not load: {type(e).__name__}: {e}"
+        # A kernel built from an older onednn_conv.cc lacks a newer handler's symbol.
+        return (
+            f"the oneDNN kernel did not load ({type(e).__name__}: {e}); rebuild it with "
+            "`pip install -r requirements.txt -e .`"
+        )
     return "ok"
 
 
