@@ -457,22 +457,16 @@ def test_feature_major_head_has_the_same_parameters_outputs_and_gradients(lead):
 
 
 def test_head_layout_resolves_by_backend_and_precision_and_refuses_mixed_products():
-    cfg = presets.make_config("mummi", "walker_walk", "tiny")
-    assert C.resolve_head_layout(cfg, backend="cpu") == "features"
-    assert C.resolve_head_layout(cfg, backend="gpu") == "rows"
-    bf16 = presets.make_config(
-        "mummi", "walker_walk", "tiny", overrides=["model.precision=bfloat16_matmul"]
-    )
+    def tiny(*overrides):
+        return presets.make_config("mummi", "walker_walk", "tiny", overrides=list(overrides))
+
+    assert C.resolve_head_layout(tiny(), backend="cpu") == "features"
+    assert C.resolve_head_layout(tiny(), backend="gpu") == "rows"
+    bf16 = tiny("model.precision=bfloat16_matmul")
     assert C.resolve_head_layout(bf16, backend="cpu") == "rows"
-    rows = presets.make_config("mummi", "walker_walk", "tiny", overrides=["model.head_layout=rows"])
-    assert C.resolve_head_layout(rows, backend="cpu") == "rows"
+    assert C.resolve_head_layout(tiny("model.head_layout=rows"), backend="cpu") == "rows"
     with pytest.raises(ValueError, match="head_layout=rows or auto"):
-        presets.make_config(
-            "mummi",
-            "walker_walk",
-            "tiny",
-            overrides=["model.precision=bfloat16_matmul", "model.head_layout=features"],
-        )
+        tiny("model.precision=bfloat16_matmul", "model.head_layout=features")
     with pytest.raises(ValueError, match="float32"):
         networks.DenseHead(8, 1, 1, jnp.bfloat16, "features").init(
             jax.random.key(0), jnp.ones((2, 3))
