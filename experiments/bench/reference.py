@@ -172,6 +172,7 @@ def run(flags):
             "reference_commit": reference_version(flags.reference),
             "allocator": ts.allocator(),
             "conv_form": C.resolve_config_conv(cfg),
+            "head_layout": C.resolve_head_layout(cfg),
             "precision": cfg.model.precision,
             "reference_policy": policy,
             "reference_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT),

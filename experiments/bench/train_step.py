@@ -216,6 +216,7 @@ def run(flags):
         "device": str(jax.devices()[0].device_kind),
         "conv_impl": cfg.model.conv_impl,
         "conv_form": C.resolve_config_conv(cfg),  # what `auto` became here
+        "head_layout": C.resolve_head_layout(cfg),
         "allocator": allocator(),
     }
     gemm = gemm_gflops()
