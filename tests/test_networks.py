@@ -471,3 +471,41 @@ def test_head_layout_resolves_by_backend_and_precision_and_refuses_mixed_product
         networks.DenseHead(8, 1, 1, jnp.bfloat16, "features").init(
             jax.random.key(0), jnp.ones((2, 3))
         )
+
+
+def test_the_train_step_has_no_expm1_and_feature_major_heads_on_a_cpu():
+    """What the speed choices above rely on, read off a lowered MuMMI train step (toy task,
+    tiny): no `expm1` anywhere (XLA:CPU runs it unvectorized; `networks.elu`), and on a CPU
+    the heads' products contract their left operand's first axis (`kernel^T h`)."""
+    import re
+
+    from dm_env import specs
+
+    from mummi_jax.agent import Agent
+
+    # B = 3: B x T (30 rows) unlike any layer width, so that rows cannot pass for features.
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=["train.batch=3"])
+    obs = {
+        "camera": specs.BoundedArray((cfg.env.image_size,) * 2 + (3,), np.uint8, 0, 255),
+        "position": specs.Array((2,), np.float32),
+    }
+    obs.update({f"{m}_flag": specs.Array((), np.float32) for m in ("camera", "position")})
+    agent = Agent(cfg, obs, specs.BoundedArray((2,), np.float32, -1, 1))
+    state = jax.eval_shape(agent.init, jax.random.key(0))
+    K, B, T = cfg.train.updates_per_call, cfg.train.batch, cfg.train.length
+    batch = {m: jax.ShapeDtypeStruct((K, B, T) + s.shape, s.dtype) for m, s in obs.items()}
+    batch.update(
+        {k: jax.ShapeDtypeStruct((K, B, T), np.float32) for k in ("reward", "discount", "is_first")}
+    )
+    batch["action"] = jax.ShapeDtypeStruct((K, B, T, 2), np.float32)
+    text = agent._train_jit.lower(state, batch).as_text()
+    assert "stablehlo.exponential_minus_one" not in text and "stablehlo.exponential" in text
+    # A DenseHead layer's forward product in feature-major form: the (K, units) kernel, K the
+    # features in (the latent's or the previous layer's units), contracted on its first axis
+    # with the (K, M) activations. In rows the only products contracting axis 0 of both are
+    # weight gradients, whose operands lead with the rows M instead (none match at B = 3).
+    m = cfg.model
+    k_in = f"(?:{m.stoch + m.deter}|{m.units})"
+    pattern = rf"contracting_dims = \[0\] x \[0\].*\(tensor<({k_in})x{m.units}xf32>, tensor<\1x"
+    assert C.resolve_head_layout(cfg) == "features"
+    assert re.search(pattern, text)
