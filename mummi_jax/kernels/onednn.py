@@ -108,11 +108,15 @@ def _conv_fwd(x, kernel, stride):
     return conv(x, kernel, stride), (x, kernel)
 
 
-def _conv_bwd(stride, residuals, g):
-    x, kernel = residuals
+def _grads(stride, x, kernel, g):
+    """The input and kernel gradients of `conv` for the output cotangent `g`."""
     dx = _call("input_gradient", x.shape, stride, g, kernel)
     dk = _call("kernel_gradient", kernel.shape, stride, x, g)
     return dx, dk
+
+
+def _conv_bwd(stride, residuals, g):
+    return _grads(stride, *residuals, g)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -143,9 +147,7 @@ def _conv_bias_relu_fwd(x, kernel, bias, stride):
 def _conv_bias_relu_bwd(stride, residuals, g):
     x, kernel, y = residuals
     g = jnp.where(y > 0, g, 0.0)
-    dx = _call("input_gradient", x.shape, stride, g, kernel)
-    dk = _call("kernel_gradient", kernel.shape, stride, x, g)
-    return dx, dk, jnp.sum(g, axis=(0, 1, 2))
+    return (*_grads(stride, x, kernel, g), jnp.sum(g, axis=(0, 1, 2)))
 
 
 conv_bias_relu.defvjp(_conv_bias_relu_fwd, _conv_bias_relu_bwd)

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -145,44 +146,43 @@ ffi::Error guarded(Body body) {
   }
 }
 
-// x (N, H, W, C), w (K, K, C, O) -> y (N, OH, OW, O)
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+// One forward convolution, plain or with bias and ReLU (`bias` null: plain): the two
+// handlers below differ only in the primitive and the bias argument.
+ffi::Error forward(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& w, const float* bias,
+                   int64_t bias_size, ffi::ResultBuffer<ffi::F32>& y, int64_t stride) {
   return guarded([&] {
     Geometry g = geometry(x.dimensions(), w.dimensions(), stride);
     if (auto e = check(g, x.dimensions(), w.dimensions(), y->dimensions()); e.failure()) return e;
+    if (bias != nullptr && bias_size != g.o)
+      return ffi::Error::InvalidArgument("onednn conv: the bias must be (O,)");
     const Primitives& p = primitives(g);
+    const auto& pd = bias != nullptr ? p.fwd_bias_relu_pd : p.fwd_pd;
     dnnl::stream s(cpu());
-    dnnl::memory src(p.fwd_pd.src_desc(), cpu(), x.typed_data());
-    dnnl::memory dst(p.fwd_pd.dst_desc(), cpu(), y->typed_data());
-    auto wei = kernel_in(s, g, w.typed_data(), p.fwd_pd.weights_desc());
-    p.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+    dnnl::memory src(pd.src_desc(), cpu(), x.typed_data());
+    dnnl::memory dst(pd.dst_desc(), cpu(), y->typed_data());
+    auto wei = kernel_in(s, g, w.typed_data(), pd.weights_desc());
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}};
+    if (bias != nullptr)
+      args.insert({DNNL_ARG_BIAS, dnnl::memory(pd.bias_desc(), cpu(), const_cast<float*>(bias))});
+    (bias != nullptr ? p.fwd_bias_relu : p.fwd).execute(s, args);
     s.wait();
     return ffi::Error::Success();
   });
+}
+
+// x (N, H, W, C), w (K, K, C, O) -> y (N, OH, OW, O)
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  return forward(x, w, nullptr, 0, y, stride);
 }
 
 // x (N, H, W, C), w (K, K, C, O), b (O) -> y = relu(conv(x, w) + b) (N, OH, OW, O)
 ffi::Error ForwardBiasRelu(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                            ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
                            int64_t stride) {
-  return guarded([&] {
-    Geometry g = geometry(x.dimensions(), w.dimensions(), stride);
-    if (auto e = check(g, x.dimensions(), w.dimensions(), y->dimensions()); e.failure()) return e;
-    if (b.dimensions().size() != 1 || b.dimensions()[0] != g.o)
-      return ffi::Error::InvalidArgument("onednn conv: the bias must be (O,)");
-    const Primitives& p = primitives(g);
-    const auto& pd = p.fwd_bias_relu_pd;
-    dnnl::stream s(cpu());
-    dnnl::memory src(pd.src_desc(), cpu(), x.typed_data());
-    dnnl::memory bias(pd.bias_desc(), cpu(), b.typed_data());
-    dnnl::memory dst(pd.dst_desc(), cpu(), y->typed_data());
-    auto wei = kernel_in(s, g, w.typed_data(), pd.weights_desc());
-    p.fwd_bias_relu.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
-                                {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, dst}});
-    s.wait();
-    return ffi::Error::Success();
-  });
+  int64_t size = b.dimensions().size() == 1 ? b.dimensions()[0] : -1;
+  return forward(x, w, b.typed_data(), size, y, stride);
 }
 
 // dy (N, OH, OW, O), w (K, K, C, O) -> dx (N, H, W, C)
