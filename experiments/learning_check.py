@@ -25,7 +25,9 @@ walker tasks ratio 3, every other task ratio 2 (margin 0).
 
 Prints one JSON line (agent and random mean returns, their ratio, `p_value`, `passed`, and, to
 read beside them, `separation`: the chance that an agent episode beats a random one, the U
-statistic over n * m, and each side's count of episodes with any reward), writes
+statistic over n * m, and each side's count of episodes with any reward; `seconds` and
+`train_seconds`, this invocation's wall time, and `resumed_from`, the env steps of the
+checkpoint it resumed, 0 for a run from scratch), writes
 `<logdir>/learning_check.json` (with every episode's return) and exits 1 when the check
 fails. Measured figures are in BENCHMARKS.md ("Learning check").
 """
@@ -36,6 +38,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 from absl import app, flags
@@ -144,11 +147,16 @@ def verdict(trained, rand, margin, ratio, alpha) -> dict:
 
 def check(config, logdir, episodes, margin, progress=False, ratio=2.0, alpha=0.05) -> dict:
     """Trains (or resumes) `config` in `logdir`, then scores agent and random policy."""
-    from mummi_jax.checkpoint import atomic_write
+    from mummi_jax import checkpoint
     from mummi_jax.runner import Runner
 
+    start = time.perf_counter()
     runner = Runner(config, logdir, progress=progress)
+    ckpts = runner.runs[0].ckpt_dir
+    # A resumed check's wall time covers its last part only: say from where.
+    resumed_from = max(checkpoint.steps(ckpts), default=0) if os.path.isdir(ckpts) else 0
     state, counters = runner.train()
+    trained_at = time.perf_counter()
     trained = runner.evaluate(state, episodes=episodes, split="test", rate=0.0)[0].returns
     rand = runner.evaluate(
         state,
@@ -164,9 +172,15 @@ def check(config, logdir, episodes, margin, progress=False, ratio=2.0, alpha=0.0
         "seed": config.seed,
         "env_steps": counters[0]["env_steps"],
         "updates": counters[0]["updates"],
+        # Wall seconds of this invocation (issue 14's 45-minute budget is a wall time).
+        "seconds": round(time.perf_counter() - start, 1),
+        "train_seconds": round(trained_at - start, 1),
+        "resumed_from": resumed_from,
         **verdict(trained, rand, margin, ratio, alpha),
     }
-    atomic_write(os.path.join(logdir, "learning_check.json"), json.dumps(result, indent=2).encode())
+    checkpoint.atomic_write(
+        os.path.join(logdir, "learning_check.json"), json.dumps(result, indent=2).encode()
+    )
     return result
 
 

@@ -38,6 +38,7 @@ def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
     )
     agent, rand = result["agent"]["mean"], result["random"]["mean"]
     assert result["env_steps"] == 20_000 and result["updates"] == 5_000
+    assert result["resumed_from"] == 0 and 0 < result["train_seconds"] < result["seconds"]
     # Random actions score 52 on these episodes, of a possible 200; trained agents 155-163
     # (seeds 0-3, BENCHMARKS.md "Learning check").
     assert agent >= rand + 50 and agent >= 2 * rand, (agent, rand)
