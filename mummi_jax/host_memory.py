@@ -31,6 +31,9 @@ import time
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _applied: bool | None = None
+# Temporaries held beyond the heap's use before a call below which settle() does not wait (a
+# prefetched batch or two, the small sizes' temporaries).
+SETTLE_FLOOR = 2**28
 _mallinfo2 = None  # glibc's mallinfo2, once keep_freed_memory() is in force (glibc >= 2.33)
 
 
@@ -86,7 +89,7 @@ def bytes_in_use() -> int | None:
     return int(_mallinfo2().uordblks)
 
 
-def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28) -> float:
+def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = SETTLE_FLOOR) -> float:
     """Waits until a finished XLA call's temporaries are back in the heap; returns the
     seconds waited (0.0 when nothing was held or `keep_freed_memory()` is not in force).
 
@@ -94,8 +97,7 @@ def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28)
       in_use_before: `bytes_in_use()` read before the call was dispatched.
       timeout: the longest wait, seconds; the paper-size update's 7 GB come back in
         10-20 ms.
-      floor: bytes held beyond `in_use_before` below which there is nothing to wait for
-        (a prefetched batch or two, the small sizes' temporaries).
+      floor: bytes held beyond `in_use_before` below which there is nothing to wait for.
 
     Call it after synchronising on the call's outputs (reading a metric, or
     `jax.block_until_ready`), before dispatching the next call. It returns once three
@@ -114,10 +116,18 @@ def settle(in_use_before: int | None, timeout: float = 0.25, floor: int = 2**28)
 
 
 @contextlib.contextmanager
-def settling():
+def settling(temp_bytes: int | None = None):
     """`with settling(): <dispatch a call and synchronise on its outputs>`: reads
     `bytes_in_use()` before the block and `settle()`s after it, so the next call starts
-    once this one's temporaries are free."""
+    once this one's temporaries are free.
+
+    `temp_bytes`: the call's temporaries when known (XLA's memory analysis,
+    `SeedParallel.train_temp_bytes`). Under `SETTLE_FLOOR` there is nothing `settle()` would
+    wait for, so the heap is not read at all: each read walks its free lists, 4-14 ms on a
+    tiny run's heap against a 100 ms call (BENCHMARKS.md, "The heap's free lists")."""
+    if temp_bytes is not None and temp_bytes < SETTLE_FLOOR:
+        yield
+        return
     before = bytes_in_use()
     yield
     settle(before)

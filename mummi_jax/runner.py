@@ -201,6 +201,10 @@ class Runner:
         self._base_keys = prng.jit(jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1)))
         self._fold = prng.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
         self.last_updates_per_second = 0.0
+        # Bytes of the train step's temporaries (SeedParallel.train_temp_bytes): read after its
+        # first call, None until then; they decide whether the loop settles between calls.
+        self.train_temp_bytes: int | None = None
+        self._train_temp_read = False
 
     # ------------------------------------------------------------------ state
     def restore(self, max_step: int | None = None):
@@ -436,9 +440,12 @@ class Runner:
             for batch in batches:
                 # `train` returns the metrics on the host, so the call has finished; its
                 # temporaries are freed just after, and the next call must not allocate
-                # before (host_memory.settling).
-                with host_memory.settling():
+                # before (host_memory.settling; skipped where they are too few to matter).
+                with host_memory.settling(self.train_temp_bytes):
                     stacked, metrics = self.parallel.train(stacked, batch, active)
+                if not self._train_temp_read:
+                    self.train_temp_bytes = self.parallel.train_temp_bytes(stacked, batch)
+                    self._train_temp_read = True
                 for i in on:
                     row = {k: v[i] for k, v in metrics.items()}
                     for k, v in row.items():

@@ -15,7 +15,7 @@ import dm_env
 import pytest
 
 from mummi_jax import config as C
-from mummi_jax import envs, presets
+from mummi_jax import envs, host_memory, presets
 from mummi_jax.agent import Agent
 from mummi_jax.checkpoint import atomic_write
 from mummi_jax.episodes import env_kwargs_from_config
@@ -109,6 +109,9 @@ def test_seed_s_of_a_sweep_logs_what_its_single_run_logs_and_resumes_per_seed(
     runner = sweep(tmp_path, [1, 2], agent)
     # Collection and evaluation act through the same vmapped step: one trace of each step.
     assert runner.parallel.traces == {"train": 1, "act": 1}
+    # The train step's temporaries, read off its compiled form (no trace more): too few to
+    # wait for between calls, so the loop never walked the heap (host_memory.settling).
+    assert 0 < runner.train_temp_bytes < host_memory.SETTLE_FLOOR
     for s in (1, 2):
         d = tmp_path / f"seed{s}"
         assert json.load(open(d / "config.json"))["seed"] == s

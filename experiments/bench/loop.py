@@ -37,6 +37,9 @@ def run(flags):
             f"train.steps={(t.prefill_episodes + 2) * per_ep}",
             f"train.train_every={per_ep}",
             f"train.train_steps={phase}",
+            # The first phase after the prefill has `train.pretrain` updates: the same count,
+            # so that the phase read below has `phase` updates whichever it is.
+            f"train.pretrain={phase}",
             # K must divide the phase (config.validate): the largest common divisor.
             f"train.updates_per_call={math.gcd(t.updates_per_call, phase)}",
             "train.eval_every=0",
