@@ -268,7 +268,7 @@ class BehaviorConfig:
     planner: Planner = "latent_mpc"
     mpc_iters: Count0 = 1  # 0: act with the actor's sample
     mpc_lr: Positive = 0.003
-    mpc_horizon: Count = 15
+    mpc_horizon: Annotated[int, AtLeast(2)] = 15  # R_1 needs a state to bootstrap from
     mpc_first_action_only: bool = True  # released code: one step on a_0 only
     # What MPC ascends: "first_imagined" (released: R_1, the lambda-return of s_1) or
     # "start" (CVRL app. A.3: V_lambda(s_t) of the filtered state itself).

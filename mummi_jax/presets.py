@@ -69,7 +69,8 @@ def _cvrl(c: Config) -> Config:
         },
     )
     if c.fidelity == "paper":
-        # CVRL's hybrid SAC term as the paper describes it (Sec. 3.3), correctly paired.
+        # CVRL's hybrid SAC term as the paper describes it (Sec. 3.3), correctly paired; the
+        # CVRL repository's global-norm clip (100; MuMMI's is 30, reference-code.md §20).
         c = override(
             c, {"behavior.sac_weight": 1.0, "model.cvrl_head": "paper", "optim.clip": 100.0}
         )
@@ -232,6 +233,8 @@ def _tiny(c: Config) -> Config:
             "model.coral_state_hidden": 32,
             "model.decoder_touch_hidden": 16,
             "behavior.horizon": 15,
+            # Every acting step rolls the model out mpc_horizon steps and back (latent MPC):
+            # 5, not the paper's 15, keeps acting cheap (15 not measured at this size).
             "behavior.mpc_horizon": 5,
             "behavior.sac_hidden": 32,
             # Small nets take larger steps; with the paper's 8e-5 the tiny agent barely moved.
@@ -253,8 +256,8 @@ def _tiny(c: Config) -> Config:
 def _small(c: Config) -> Config:
     """The CPU budget of `experiments.reproduce --budget=cpu`: about 45 minutes per run on a
     2-core CPU (RESULTS.md says what it learns). The paper's RSSM and schedule shape, smaller
-    images, encoders and batches (issue 14's measurements, RESULTS.md "Why tiny does not
-    learn walker")."""
+    images, encoders and batches, a shorter MPC horizon (issue 14's measurements, RESULTS.md
+    "Why tiny does not learn walker")."""
     return override(
         c,
         {
@@ -278,6 +281,10 @@ def _small(c: Config) -> Config:
             "model.coral_proj": 32,
             "model.coral_state_hidden": 128,
             "model.decoder_touch_hidden": 64,
+            # MPC plans 5 steps ahead, not 15: its rollout and gradient run at every agent
+            # step, and acting is already about a fifth of a run's wall time (140.8 env steps/s:
+            # 7 of about 38 min on walker, BENCHMARKS.md "Wall time of the walker check"); 15
+            # not measured at this size.
             "behavior.mpc_horizon": 5,
             "behavior.sac_hidden": 128,
             "optim.actor_lr": 2e-4,

@@ -139,6 +139,7 @@ def test_config_round_trips_through_json():
         ("model.deter=0", "model.deter=0"),
         ("model.cnn_depth=-1", "model.cnn_depth=-1"),
         ("behavior.horizon=1", "behavior.horizon=1 must be >= 2"),
+        ("behavior.mpc_horizon=1", "behavior.mpc_horizon=1 must be >= 2"),
         ("optim.model_lr=0", "optim.model_lr=0.0 must be > 0"),
         ("behavior.gamma=1.5", r"behavior.gamma=1.5 must be in \[0, 1\]"),
         ("env.missing_test=0,2", "env.missing_test"),
