@@ -669,6 +669,13 @@ def _check_combinations(config: Config) -> None:
             "model.head_layout='features' computes the heads' products in float32; with "
             "model.precision='bfloat16_matmul' set model.head_layout=rows or auto"
         )
+    if config.loss.modality_drop > 0 and m.fusion != "poe":
+        raise ValueError(
+            f"loss.modality_drop={config.loss.modality_drop} drops experts from a product of "
+            f"experts; under model.fusion={m.fusion!r} a dropped modality would still enter "
+            "the concatenation and only its loss term would go: set loss.modality_drop=0 or "
+            "model.fusion=poe"
+        )
     if m.conv_impl == "onednn" and m.precision != "float32":
         raise ValueError(
             f"model.conv_impl='onednn' computes in float32; with model.precision="

@@ -155,6 +155,14 @@ def test_every_count_size_rate_and_site_is_checked_before_anything_runs(override
         presets.make_config("mummi", "walker_walk", "tiny", overrides=[override])
 
 
+def test_modality_drops_need_a_product_of_experts():
+    # Concatenation ignores the flags: a dropped modality would still be fed, its loss masked.
+    for method in ("dreamer", "cvrl"):
+        with pytest.raises(ValueError, match="loss.modality_drop=0.2 drops experts.*concat"):
+            presets.make_config(method, "walker_walk", "tiny", overrides=["loss.modality_drop=0.2"])
+    assert presets.make_config("mssm_e", "walker_walk", "tiny").loss.modality_drop == 0.2
+
+
 def _fields():
     """(dotted key, annotated type) of every option of the schema."""
     top = C._section_types(C.Config())
