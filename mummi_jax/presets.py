@@ -283,8 +283,8 @@ def _small(c: Config) -> Config:
             "model.decoder_touch_hidden": 64,
             # MPC plans 5 steps ahead, not 15: its rollout and gradient run at every agent
             # step, and acting is already about a fifth of a run's wall time (140.8 env steps/s:
-            # 7 of about 38 min on walker, BENCHMARKS.md "Wall time of the walker check"); 15
-            # not measured at this size.
+            # 7 of the 36 min a walker check took, BENCHMARKS.md "Wall time of the walker
+            # check"); 15 not measured at this size.
             "behavior.mpc_horizon": 5,
             "behavior.sac_hidden": 128,
             "optim.actor_lr": 2e-4,

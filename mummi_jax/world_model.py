@@ -179,8 +179,8 @@ class WorldModel:
     def fuse(self, p: dict, embeds: dict, flags: dict, key: jax.Array):
         """s^f and the experts. PoE drops missing experts by flag (MuMMI eq. 11); concat
         ignores the flags and feeds every embedding, a missing modality's being the encoding
-        of its blanked observation (zeros in raw space, so -0.5 for images after `preprocess`),
-        as the released Dreamer and CVRL do (reference-code.md; MuMMI Sec. V)."""
+        of its blanked observation (zeros in raw space: -0.5 for images and depth after
+        `preprocess`), as the released Dreamer and CVRL do (reference-code.md; MuMMI Sec. V)."""
         m_cfg = self.config.model
         names = list(self.shapes)
         if not self.poe:
