@@ -30,6 +30,11 @@ _flags = os.environ.get("XLA_FLAGS", "")
 _keep_default = os.environ.get("MUMMI_JAX_TEST_OPT") == "default"
 if OPT_FLAG not in _flags and not _keep_default:
     os.environ["XLA_FLAGS"] = f"{_flags} {OPT_FLAG}=0".strip()
+# XLA:CPU's loop emitter, as the entry points use it (mummi_jax.xla_cpu): the session compiles
+# in half the time at level 0, and child processes inherit it with the rest of XLA_FLAGS.
+from mummi_jax.xla_cpu import use_loop_emitter  # noqa: E402
+
+use_loop_emitter()
 
 import jax  # noqa: E402  (after the environment: JAX reads it on import)
 

@@ -26,7 +26,7 @@ import numpy as np
 from dm_env import specs
 
 from mummi_jax import config as C
-from mummi_jax import host_memory, presets, prng
+from mummi_jax import host_memory, presets, prng, xla_cpu
 from mummi_jax.agent import Agent
 from mummi_jax.envs.tasks import PARTIAL_PROPRIO, task_modalities
 
@@ -218,6 +218,7 @@ def run(flags):
         "conv_form": C.resolve_config_conv(cfg),  # what `auto` became here
         "head_layout": C.resolve_head_layout(cfg),
         "allocator": allocator(),
+        "cpu_emitter": "loop" if xla_cpu.loop_emitter_requested() else "fusion",
     }
     gemm = gemm_gflops()
     record["update_dot_gflop"] = dot_gflop(train) / K
