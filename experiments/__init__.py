@@ -2,9 +2,10 @@
 
 Importing this package (every `python -m experiments.<name>` does, before JAX allocates
 anything) asks glibc to keep freed memory (`mummi_jax.host_memory`): the paper-size update on
-a CPU otherwise pays a third of its time in page faults. `MUMMI_JAX_MALLOPT=0` turns it off. It also
-puts XLA:CPU's loop emitter into `XLA_FLAGS` (`mummi_jax.xla_cpu`): the agents' small fused
-kernels compile and run faster with it; `MUMMI_JAX_XLA_EMITTERS=fusion` keeps XLA's default.
+a CPU otherwise pays a third of its time in page faults. `MUMMI_JAX_MALLOPT=0` turns it off.
+It also puts XLA:CPU's loop emitter into `XLA_FLAGS` (`mummi_jax.xla_cpu`): the agents' small
+fused kernels compile and run faster with it; `MUMMI_JAX_XLA_EMITTERS=fusion` keeps XLA's
+default.
 """
 
 from mummi_jax.host_memory import keep_freed_memory

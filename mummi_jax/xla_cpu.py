@@ -5,10 +5,10 @@ by default. The older loop emitter, still behind `--xla_cpu_use_fusion_emitters=
 compiles faster and runs the agents' small fused kernels faster (BENCHMARKS.md, "XLA:CPU's
 loop emitter", measured on a 2-core AMD EPYC, one process per setting): the tiny update
 21-26 -> 14 ms, its compile 8-10 -> 6-8 s (3 s instead of 6 s at LLVM level 0, the test
-session's), the paper-size update 6.45 -> 6.29 s. The flag is process-wide and read once,
-when JAX creates its CPU backend, so it goes into `XLA_FLAGS` before that: `experiments`
-applies it on import (every `python -m experiments.<name>`), the test session in
-tests/conftest.py, and child processes inherit it.
+session's), the `small` update 437 -> 381 ms, the paper-size update 6.45 -> 6.29 s. The
+flag is process-wide and read once, when JAX creates its CPU backend, so it goes into
+`XLA_FLAGS` before that: `experiments` applies it on import (every `python -m
+experiments.<name>`), the test session in tests/conftest.py, and child processes inherit it.
 
 A user's own `--xla_cpu_use_fusion_emitters=...` in `XLA_FLAGS` is kept as it is, and
 `MUMMI_JAX_XLA_EMITTERS=fusion` keeps XLA's default. The flag is added only for the jaxlib
