@@ -27,7 +27,7 @@ def test_the_user_s_choice_and_unmeasured_jaxlibs_keep_xla_s_default():
     assert not xla_cpu.loop_emitter_requested("")
 
 
-def test_an_entry_point_process_compiles_with_the_loop_emitter():
+def test_an_entry_point_process_has_the_loop_emitter_in_xla_flags_before_jax_starts():
     # What `python -m experiments.<name>` gets: the flag in XLA_FLAGS before JAX starts, and
     # nothing changed once a backend exists (XLA read its flags then).
     code = (
