@@ -2,7 +2,8 @@
 
 The same check as `python -m experiments.learning_check` (BENCHMARKS.md, "Learning check"),
 run in full: 20k env steps, 5,000 updates, then 10 test episodes each for the trained agent
-and for uniform random actions on the same episode seeds. 2-4 minutes on 2 cores.
+and for uniform random actions on the same episode seeds. 2-4 minutes on one core of a
+2-core box.
 """
 
 import json
@@ -31,7 +32,7 @@ def test_tiny_mummi_beats_random_on_the_toy_robot(tmp_path):
     # A child process at XLA's default code generation: this check's time is training. On one
     # core: alone on a 2-core box it takes the same wall time as on two (201 against 199 s)
     # for 200 CPU seconds instead of 269, which the other test worker then gets
-    # (BENCHMARKS.md "The test suite"); the numbers it learns are the same to the digit.
+    # (BENCHMARKS.md "The toy check on one core"); what it learns is the same to the digit.
     # (Pinned by the child itself: a preexec_fn would fork this multithreaded JAX process.)
     cpu = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else -1
     cmd = [sys.executable, "-c", ON_ONE_CORE, str(cpu), "experiments.learning_check"]

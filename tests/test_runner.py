@@ -99,7 +99,7 @@ def test_a_four_seed_sweep_on_four_busy_fake_devices_completes_and_matches_its_s
     # One, not two: with the sweep's own 4 threads that is 5 busy threads on 2 cores, and a
     # second spinner took 30 more CPU seconds from the other test worker. It stops once the
     # sweep has trained (the HLO checks and the single run need no contention).
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     start = time.time()
     with open(tmp_path / "stderr.txt", "w+") as err:  # a file: a full pipe could block it
         try:
@@ -117,9 +117,8 @@ def test_a_four_seed_sweep_on_four_busy_fake_devices_completes_and_matches_its_s
             trained = proc.stdout.readline()  # "" if it died while training
             busy = time.time() - start
         finally:
-            for p in spinners:
-                p.kill()
-                p.wait()
+            spinner.kill()
+            spinner.wait()
         stdout, _ = proc.communicate()
         watchdog.cancel()
         wall = time.time() - start
