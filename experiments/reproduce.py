@@ -36,10 +36,12 @@ published Table I, and whether the published ordering (MuMMI > CVRL > Dreamer; M
 smaller drop from none to high missing data) holds. Text outside the markers is kept.
 
 Budgets (`BUDGETS`): `cpu` is the `small` size, sized so that one run takes at most about
-45 minutes on a 2-core CPU; `gpu` is the paper's size and schedule (2M env steps). With
-`--dry_run` the grid, each run's status and its estimated wall time are printed and nothing
-is trained; the estimate is `--seconds_per_100k` (default: the budget's measured figure,
-BENCHMARKS.md) or, with `--measure`, `experiments.benchmark --what=loop` run here first.
+45 minutes on a 2-core CPU, with the released code's batch-shared RSSM noise that its grid
+was run with (`small` itself draws per row since; RESULTS.md); `gpu` is the paper's size
+and schedule (2M env steps). With `--dry_run` the grid, each run's status and its estimated
+wall time are printed and nothing is trained; the estimate is `--seconds_per_100k`
+(default: the budget's measured figure, BENCHMARKS.md) or, with `--measure`,
+`experiments.benchmark --what=loop` run here first.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ BUDGETS = {
     # Its walker runs started (2026-12-04) with the touch site then the default, a box under
     # the sole; the rest keep it, so that the table compares like with like (the released
     # code's ellipsoid is `sole` since 2026-12-06).
+    # Its 30 runs also drew the released code's batch-shared RSSM noise, the `small`
+    # preset's until 2026-12-07 (per row since: RESULTS.md "Batch-shared sampling noise").
     "cpu": Budget(
         "small",
-        (),
+        ("model.shared_noise=true",),
         3000.0,
         "2-core CPU",
         task_overrides=(("walker_walk", ("env.touch_site=sole_box",)),),

@@ -257,7 +257,8 @@ def _small(c: Config) -> Config:
     """The CPU budget of `experiments.reproduce --budget=cpu`: about 45 minutes per run on a
     2-core CPU (RESULTS.md says what it learns). The paper's RSSM and schedule shape, smaller
     images, encoders and batches, a shorter MPC horizon (issue 14's measurements, RESULTS.md
-    "Why tiny does not learn walker")."""
+    "Why tiny does not learn walker"), and one RSSM noise draw per row at both fidelities
+    (RESULTS.md "Batch-shared sampling noise")."""
     return override(
         c,
         {
@@ -287,6 +288,12 @@ def _small(c: Config) -> Config:
             # check"); 15 not measured at this size.
             "behavior.mpc_horizon": 5,
             "behavior.sac_hidden": 128,
+            # One noise draw per row, not the released sampler's one per batch: with the
+            # batch sharing each imagined step's noise, the actor's gradient on a trained
+            # walker has a signal-to-noise ratio of 0.24-0.48 against 1.7-4.8 per row, the
+            # value's 0.02-0.44 against 43-182 (RESULTS.md "Batch-shared sampling noise"); the
+            # paper's 200k updates average that out, these 3,000 do not.
+            "model.shared_noise": False,
             "optim.actor_lr": 2e-4,
             "optim.value_lr": 2e-4,
             # 60k env steps (120 walker episodes) and 50 updates per 1000: about 3,000 updates

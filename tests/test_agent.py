@@ -496,3 +496,39 @@ def test_paper_fidelity_imagines_eq18_from_the_start_state():
             weights = b.gamma ** np.arange(returns.shape[0])[:, None]
             want = -np.mean(weights * returns)
         np.testing.assert_allclose(metrics["actor/loss"], want, rtol=1e-4)
+
+
+def test_per_row_noise_averages_the_value_gradient_over_the_batch():
+    """`model.shared_noise` (the released sampler) perturbs every imagined trajectory of a
+    batch alike, so the value's regression targets move together and the batch mean does
+    not average the noise out; one draw per row does (RESULTS.md "Batch-shared sampling
+    noise"). Gradients over imagination-noise draws, one batch, everything else fixed."""
+    spec = toy_spec()
+    snr = {}
+    for shared in (True, False):
+        cfg = presets.make_config(
+            "mummi", "toy_position_camera", "tiny",
+            overrides=[*TINY, "train.batch=8", f"model.shared_noise={shared}"],
+        )  # fmt: skip
+        agent = Agent(cfg, spec, ACTION2)
+        state = agent.init(jax.random.key(0))
+        batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 8, 6))
+        base = agent.draw_noise(jax.random.key(3), 8, 6)
+        assert base["imagine_state"].shape[1] == (1 if shared else 8 * 6)
+        grads = []
+        for k in range(6):
+            redrawn = agent.draw_noise(jax.random.key(10 + k), 8, 6)["imagine_state"]
+            noise = dict(base, imagine_state=redrawn)
+            g = agent.inspect_update(state, batch, noise)[0]["value"]
+            grads.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]))
+        g = np.stack(grads)
+        mean = g.mean(0)
+        snr[shared] = mean @ mean / ((g - mean) ** 2).sum(1).mean()
+    assert snr[False] > 5 * snr[True], snr
+
+
+def test_only_the_small_size_departs_from_the_released_sampler():
+    small = presets.make_config("mummi", "walker_walk", "small")
+    assert not small.model.shared_noise
+    assert presets.make_config("mummi", "walker_walk", "paper").model.shared_noise
+    assert presets.make_config("mummi", "walker_walk", "tiny").model.shared_noise

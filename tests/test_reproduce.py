@@ -29,13 +29,16 @@ def test_grid_stages_in_order_and_cpu_budget_is_the_small_size():
     assert R.make_config(R.BUDGETS["gpu"], "mummi", "walker_walk", 0).train.steps == 2_000_000
 
 
-def test_cpu_grid_keeps_the_walker_touch_site_it_started_with():
+def test_cpu_grid_keeps_the_walker_touch_site_and_noise_it_started_with():
     """The CPU grid's walker runs all sense touch with the box it began with; other tasks and
     the gpu grid take the task's default, the released code's site."""
     cpu, gpu = R.BUDGETS["cpu"], R.BUDGETS["gpu"]
     assert R.make_config(cpu, "mssm_e", "walker_walk", 2).env.touch_site == "sole_box"
     assert R.make_config(cpu, "mummi", "finger_spin", 0).env.touch_site == "fingertip"
     assert R.make_config(gpu, "mummi", "walker_walk", 0).env.touch_site == "sole"
+    # and every run draws the released sampler's batch-shared noise, as it started with
+    # (the `small` size itself draws per row since).
+    assert R.make_config(cpu, "dreamer", "finger_spin", 1).model.shared_noise
     # The run's own sets come last and win.
     sets = ["env.touch_site=foot"]
     assert R.make_config(cpu, "mummi", "walker_walk", 0, sets).env.touch_site == "foot"
