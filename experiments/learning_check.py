@@ -6,11 +6,12 @@
 
 Defaults: MuMMI, the toy 2D robot with a position sensor and a ceiling camera (a reaching
 reward, at most 200 per episode), the tiny size (20k env steps, a few minutes on a 2-core
-CPU). A Multi-modal Natural MuJoCo task defaults to the CPU budget, `--size=small` (60k env
-steps, 500-step episodes, RGB + depth + touch with the reference missing data; about 40
-minutes on a 2-core CPU, RESULTS.md). The run is an ordinary `experiments.train` logdir
-(re-running resumes). It then plays `--episodes` test episodes, without missing data, with the
-trained agent and with uniform random actions on the very same episode seeds, and passes when
+CPU). A Multi-modal Natural MuJoCo task defaults to the CPU budget's size, `--size=small`
+(60k env steps, 500-step episodes, RGB + depth + touch with the reference missing data, one
+RSSM noise draw per row since 2026-12-07; about 40 minutes on a 2-core CPU, RESULTS.md). The
+run is an ordinary `experiments.train` logdir (re-running resumes). It then plays
+`--episodes` test episodes, without missing data, with the trained agent and with uniform
+random actions on the very same episode seeds, and passes when
 
     mean(agent) >= mean(random) + --margin   and   mean(agent) >= --ratio * mean(random)
     and   p <= --alpha,
@@ -59,7 +60,7 @@ def define_flags():
         "size",
         None,
         list(C.SIZES),
-        "Model size (default: tiny for toy tasks, small, the CPU budget, for the others).",
+        "Model size (default: tiny for toy tasks, small, the CPU budget's size, for the others).",
     )
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("logdir", "runs/learning_check", "Run directory (re-running resumes).")

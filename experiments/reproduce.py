@@ -84,6 +84,8 @@ BUDGETS = {
     # code's ellipsoid is `sole` since 2026-12-06).
     # Its 30 runs also drew the released code's batch-shared RSSM noise, the `small`
     # preset's until 2026-12-07 (per row since: RESULTS.md "Batch-shared sampling noise").
+    # (It would set it for CoRAL too, whose own sampler draws per row; CoRAL is not in the
+    # grid.)
     "cpu": Budget(
         "small",
         ("model.shared_noise=true",),
@@ -124,9 +126,11 @@ def make_config(budget: Budget, method: str, task: str, seed: int, sets=()):
 ARCHIVED = ("results.json", "metrics.jsonl", "config.json")
 
 
-def _task_sets_text(budget: Budget) -> str:
+def _sets_text(budget: Budget) -> str:
+    """The budget's own sets, as the table's preamble states them."""
+    every = f"; every run: `{' '.join(budget.overrides)}`" if budget.overrides else ""
     sets = [f"`{t}`: `{' '.join(v)}`" for t, v in budget.task_overrides]
-    return f"; per task: {', '.join(sets)}" if sets else ""
+    return every + (f"; per task: {', '.join(sets)}" if sets else "")
 
 
 def default_archive(results_path: str, budget_name: str) -> str:
@@ -373,7 +377,7 @@ def report(budget_name: str, out: str, results_path: str, archive: str | None = 
         f"B={tr.batch} x T={tr.length} every {tr.train_every} env steps, images "
         f"{example.env.image_size} px, missing data `{example.env.missing}` (train p = "
         f"{example.env.missing_train}; test {list(example.env.missing_test)}), "
-        f"{tr.test_episodes} test episodes per level{_task_sets_text(budget)}. Published "
+        f"{tr.test_episodes} test episodes per level{_sets_text(budget)}. Published "
         "figures are for 1000-step episodes after 2M env steps: compare orderings, not "
         "absolute returns.",
         "",

@@ -254,11 +254,13 @@ def _tiny(c: Config) -> Config:
 
 
 def _small(c: Config) -> Config:
-    """The CPU budget of `experiments.reproduce --budget=cpu`: about 45 minutes per run on a
-    2-core CPU (RESULTS.md says what it learns). The paper's RSSM and schedule shape, smaller
-    images, encoders and batches, a shorter MPC horizon (issue 14's measurements, RESULTS.md
-    "Why tiny does not learn walker"), and one RSSM noise draw per row at both fidelities
-    (RESULTS.md "Batch-shared sampling noise")."""
+    """The size of the CPU budget (`experiments.reproduce --budget=cpu`, which sets the
+    released code's shared noise back for its grid; `experiments.learning_check`'s default
+    for the paper's tasks): about 45 minutes per run on a 2-core CPU (RESULTS.md says what it
+    learns). The paper's RSSM and schedule shape, smaller images, encoders and batches, a
+    shorter MPC horizon (issue 14's measurements, RESULTS.md "Why tiny does not learn
+    walker"), and one RSSM noise draw per row at either fidelity (RESULTS.md "Batch-shared
+    sampling noise")."""
     return override(
         c,
         {
@@ -291,8 +293,9 @@ def _small(c: Config) -> Config:
             # One noise draw per row, not the released sampler's one per batch: with the
             # batch sharing each imagined step's noise, the actor's gradient on a trained
             # walker has a signal-to-noise ratio of 0.24-0.48 against 1.7-4.8 per row, the
-            # value's 0.02-0.44 against 43-182 (RESULTS.md "Batch-shared sampling noise"); the
-            # paper's 200k updates average that out, these 3,000 do not.
+            # value's 0.02-0.44 (noise, as far as 8 draws tell) against 43-182 (RESULTS.md
+            # "Batch-shared sampling noise"). A bigger batch cannot average a shared draw,
+            # and this budget has 2,950 updates.
             "model.shared_noise": False,
             "optim.actor_lr": 2e-4,
             "optim.value_lr": 2e-4,

@@ -527,7 +527,7 @@ def test_per_row_noise_averages_the_value_gradient_over_the_batch():
     assert snr[False] > 5 * snr[True], snr
 
 
-def test_only_the_small_size_departs_from_the_released_sampler():
+def test_at_the_reference_fidelity_only_the_small_size_draws_per_row():
     small = presets.make_config("mummi", "walker_walk", "small")
     assert not small.model.shared_noise
     assert presets.make_config("mummi", "walker_walk", "paper").model.shared_noise

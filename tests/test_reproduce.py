@@ -170,7 +170,7 @@ def test_archive_keeps_finished_runs_across_a_fresh_checkout(tmp_path):
     assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in block
     assert "| walker_walk | mummi | none | 1 |" in block
     assert "docs/results/runs_cpu" in block
-    assert "per task: `walker_walk`: `env.touch_site=sole_box`" in block
+    assert "every run: `model.shared_noise=true`; per task: `walker_walk`: " in block
 
 
 def test_runs_selects_named_runs_of_the_stages_in_grid_order():
