@@ -24,9 +24,10 @@ p = 0.25; RESULTS.md), while a learnt walker's 10 episodes all beat random's (p 
 The thresholds default per task (issue 14's targets): the toy robot margin 50 and ratio 2,
 walker tasks ratio 3, every other task ratio 2 (margin 0).
 
-Prints one JSON line (agent and random mean returns, their ratio, `p_value`, `passed`, and, to
-read beside them, `separation`: the chance that an agent episode beats a random one, the U
-statistic over n * m, and each side's count of episodes with any reward; `seconds` and
+Prints one JSON line (agent and random mean returns, their ratio (null when random scored
+nothing), `p_value`, `passed`, and, to read beside them, `separation`: the chance that an
+agent episode beats a random one, the U statistic over n * m, and each side's count of
+episodes with any reward; `seconds` and
 `train_seconds`, this invocation's wall time, and `resumed_from`, the env steps of the
 checkpoint it resumed, 0 for a run from scratch), writes
 `<logdir>/learning_check.json` (with every episode's return) and exits 1 when the check
@@ -132,7 +133,9 @@ def verdict(trained, rand, margin, ratio, alpha) -> dict:
     return {
         "agent": {"mean": a, "std": float(np.std(trained)), "returns": [float(x) for x in trained]},
         "random": {"mean": r, "std": float(np.std(rand)), "returns": [float(x) for x in rand]},
-        "ratio": a / r if r > 0 else float("inf"),
+        # None (JSON null) when random scored nothing, as on finger_spin: an infinite ratio
+        # would print as `Infinity`, which strict JSON readers (jq, JavaScript) reject.
+        "ratio": a / r if r > 0 else None,
         "p_value": p,
         "separation": separation(trained, rand),
         "successes": {  # episodes with any reward: the count that matters on sparse tasks

@@ -105,6 +105,12 @@ def test_the_pass_rule_needs_the_lead_to_be_more_than_luck():
     assert verdict(cup_agent, cup_random, 0.0, 2.0, alpha=1.0)["passed"]
     finger = verdict(FINGER_AGENT, FINGER_RANDOM, 0.0, 2.0, 0.05)
     assert finger["p_value"] < 1e-3 and finger["passed"] and finger["separation"] == 1.0
+    # Random scoring nothing leaves the ratio undefined: null in strict JSON, and the rule
+    # rests on the margin and the test (finger_spin seed 1: 52.0 against 0.0, RESULTS.md).
+    blank = verdict(FINGER_AGENT, [0.0] * 10, 0.0, 2.0, 0.05)
+    assert blank["ratio"] is None and blank["passed"]
+    assert json.loads(json.dumps(blank, allow_nan=False))["ratio"] is None
+    assert not verdict([0.0] * 10, [0.0] * 10, 0.0, 2.0, 0.05)["passed"]
     # A lead that is significant but short of the ratio still fails.
     close = verdict([30 + i for i in range(10)], [20 + i for i in range(10)], 0.0, 2.0, 0.05)
     assert close["p_value"] < 0.05 and not close["passed"]
