@@ -91,22 +91,18 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize("method", C.METHODS)
-def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
-    cfg = presets.make_config(method, "toy_position_camera", "tiny", overrides=TINY)
-    spec = toy_spec(16 + cfg.env.crop_margin)  # CoRAL renders a margin it crops off
-    agent = Agent(cfg, spec, specs.BoundedArray((2,), np.float32, -1, 1))
-    # The train step of a single run (`runner.Runner`: one seed through SeedParallel), with
-    # 2 updates per call at tests/test_loop.py's SMALL shapes: that file's runs of the same
-    # preset compile the same program, which the session's compilation cache then reuses.
-    run = SeedParallel(agent, 1, jax.devices()[:1])
-    state = run.init([0])
+def assert_learns_a_fixed_batch(run: SeedParallel, state, spec, updates: int = 200):
+    """Trains `run`'s one seed from `state` for `updates` updates (2 per call) on one fixed
+    batch `(B=4, T=6)` and checks that its world-model loss falls clearly: the excess over the
+    floor no model can beat (free nats, unit-variance Gaussian constants) drops by 25 %.
+    tests/test_loop.py runs it on every preset after its end-to-end run, with the run's own
+    train step (one trace for collection, training and this). Returns the final state."""
+    agent, cfg = run.agent, run.agent.config
     one = fixed_batch(agent, spec, 1, 4, 6)
     batches = jax.tree.map(lambda x: np.repeat(x, 2, axis=0), one)
     agent.check_batch(batches, leading=3)
     placed = run.shard(jax.tree.map(lambda x: x[None], batches))
     first = jax.tree.map(lambda x: x[0], one)
-
     noise = agent.draw_noise(jax.random.key(8), *first["reward"].shape)
 
     @jax.jit
@@ -115,17 +111,16 @@ def test_every_preset_compiles_once_and_learns_a_fixed_batch(method):
 
     params = lambda state: run.states(state)[0].params
     losses = [float(wm_loss(params(state)["wm"]))]
-    for _ in range(100):  # 200 updates, one compile
+    step = int(run.states(state)[0].step)
+    for _ in range(updates // 2):
         state, metrics = run.train(state, placed)
-    assert run.traces["train"] == 1
     chex.assert_tree_all_finite(metrics)
     losses.append(float(wm_loss(params(state)["wm"])))
     chex.assert_tree_all_finite(params(state))
-    assert int(run.states(state)[0].step) == 200
-    # The world-model loss on this fixed batch falls clearly: its excess over the floor
-    # that no model can beat (free nats, unit-variance Gaussian constants) drops by 25 %.
+    assert int(run.states(state)[0].step) == step + updates
     floor = _loss_floor(cfg, agent, first, jax.random.key(7))
-    assert losses[-1] - floor < 0.75 * (losses[0] - floor), (method, floor, losses)
+    assert losses[-1] - floor < 0.75 * (losses[0] - floor), (cfg.method, floor, losses)
+    return state
 
 
 def _loss_floor(cfg, agent, batch, key):
@@ -299,7 +294,7 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
     s32, s16 = a32.init(jax.random.key(0)), a16.init(jax.random.key(0))
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(s16.params))
     chex.assert_trees_all_equal(s32.params, s16.params)  # same init, only compute differs
-    batch = fixed_batch(a32, spec, 2, 4, 6)  # the preset test's shapes: its compile is reused
+    batch = fixed_batch(a32, spec, 2, 4, 6)  # test_loop.py's end-to-end shapes: compile reused
     one = jax.tree.map(lambda x: x[0], batch)
     noise = a16.draw_noise(jax.random.key(2), *one["reward"].shape)
     hlo = jax.jit(a16._world_model_loss).lower(s16.params["wm"], one, noise, jax.random.key(1))
@@ -314,7 +309,7 @@ def test_bfloat16_precision_computes_convs_in_bf16_and_keeps_params_and_losses_f
     assert len(encoder) >= cfg16.model.cnn_layers, dots
     assert sum("bf16" in line for line in dots) == len(decoder) + len(encoder), dots
 
-    # Through a single run's train step, as the preset test (f32: its compile is reused).
+    # Through a single run's train step, as the end-to-end tests (f32: their compile is reused).
     def train(agent):
         run = SeedParallel(agent, 1, jax.devices()[:1])
         return run.train(run.init([0]), jax.tree.map(lambda x: x[None], batch))[1]

@@ -350,15 +350,17 @@ def test_bfloat16_matmul_encoder_decoder_and_expert_multiply_in_bf16_only(impl):
         dec16 = networks.ImageDecoder(64, 3, 4, None, impl, md)
         nets["decoder"] = (dec32, dec16, jnp.ones((6, 10)))
     for name, (f32, mixed, inp) in nets.items():
-        params = f32.init(jax.random.key(0), inp)
-        jax.tree.map(np.testing.assert_array_equal, params, mixed.init(jax.random.key(0), inp))
-        out = lambda p, net=mixed, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
-        assert out(params).dtype == jnp.float32, name
-        np.testing.assert_allclose(
-            out(params), jax.tree.leaves(f32.apply(params, inp))[0], rtol=0.05, atol=0.02
+        params = jax.jit(f32.init)(jax.random.key(0), inp)
+        jax.tree.map(
+            np.testing.assert_array_equal, params, jax.jit(mixed.init)(jax.random.key(0), inp)
         )
+        # Jitted: op by op, the 64 x 64 networks' forward and backward take seconds each.
+        out = lambda p, net=mixed, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
+        ref = lambda p, net=f32, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
+        assert jax.jit(out)(params).dtype == jnp.float32, name
+        np.testing.assert_allclose(jax.jit(out)(params), jax.jit(ref)(params), rtol=0.05, atol=0.02)
         loss = lambda p, out=out: jnp.sum(jnp.sin(out(p)))
-        grads = jax.grad(loss)(params)
+        grads = jax.jit(jax.grad(loss))(params)
         assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads)), name
         dots = _dot_operand_dtypes(jax.grad(loss), params)
         assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), (name, dots)
