@@ -50,6 +50,20 @@ def test_paper_draws_separate_uniform_segments(rate):
     assert abs(first - second) < 0.03
 
 
+@pytest.mark.parametrize("rate", [0.375, 0.75])
+def test_paper_misses_every_step_at_the_rate_the_first_and_last_too(rate):
+    """Segments laid out from step 0 left the first observation missing in about 8 % of
+    episodes at 37.5 % (40 % at 75 %): episodes began observed. Every step, the ends
+    included, is missing with probability `rate`."""
+    sched = _episodes(masks.PaperProcess(rate), 3000)
+    per_step = sched.mean(0)
+    for step in (0, 1, OBS // 2, OBS - 2, OBS - 1):  # binomial sd at 3000 episodes: <= 0.009
+        assert abs(per_step[step] - rate) < 0.035, (step, per_step[step])
+    # The first ten and the last ten observations together, and the whole episode's spread.
+    assert abs(per_step[:10].mean() - rate) < 0.02 and abs(per_step[-10:].mean() - rate) < 0.02
+    assert np.abs(per_step - rate).max() < 0.05
+
+
 def test_reference_segment_at_reset_covers_one_more_observation():
     # Released-code quirk: reset and the first step both evaluate at t = 0, so a segment
     # drawn at reset covers L + 1 observations (2..15), elsewhere L (1..14).
