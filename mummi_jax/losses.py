@@ -175,11 +175,16 @@ def mummi_nce_stacked(z, xs, masks, mask_mode="reference", mean_mode="all_rows")
     logit is the same sum either way.
     """
     # Squared norms of 1024-d vectors overflow in half precision (the reference's float16
-    # did), so the kernel is always evaluated in float32.
+    # did), so the kernel is always evaluated in float32, and its product at full float32
+    # precision: the expanded form cancels |z|^2 + |x|^2 against 2 z.x, so an error of
+    # |z| |x| 2^-11 in the product (TF32, what a float32 dot defaults to on recent NVIDIA
+    # GPUs) lands whole in a logit whose squared distances run past 100 (RESULTS.md). On a
+    # CPU float32 products are exact to float32 either way, and the numbers are unchanged.
     z, xs = z.astype(jnp.float32), xs.astype(jnp.float32)
     k, n, d = xs.shape
     flat = xs.reshape(k * n, d)
-    logits = 2 * z @ flat.T - jnp.sum(z * z, -1)[:, None] - jnp.sum(flat * flat, -1)[None]
+    cross = jnp.matmul(2 * z, flat.T, precision=jax.lax.Precision.HIGHEST)
+    logits = cross - jnp.sum(z * z, -1)[:, None] - jnp.sum(flat * flat, -1)[None]
     logits = logits.reshape(n, k, n)  # row i, modality, column j
     if masks is None:
         return jax.vmap(lambda lg: _nce(lg, None, None, mask_mode, mean_mode), 1)(logits)

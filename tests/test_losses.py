@@ -122,6 +122,20 @@ def test_mummi_ignores_expert_offsets_outside_the_experts_own_span():
     assert abs(float(losses.mummi_nce(z, x + inside, None)) - float(base)) > 0.05
 
 
+def test_mummi_logit_products_run_at_full_float32_precision_forward_and_backward():
+    """The expanded logit 2 z.x - |z|^2 - |x|^2 cancels large terms, so its product must not
+    take TF32 (a float32 dot's default on recent NVIDIA GPUs): HIGHEST on the forward product
+    and on both gradient products."""
+    z, xs = jnp.ones((4, 3)), jnp.ones((2, 4, 3))
+    loss = lambda z, xs: losses.mummi_nce_stacked(z, xs, None).sum()
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(z, xs).jaxpr
+    dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 3, dots  # forward, d/dz, d/dxs
+    highest = jax.lax.Precision.HIGHEST
+    for eqn in dots:
+        assert eqn.params["precision"] == (highest, highest), eqn
+
+
 def test_mummi_half_precision_inputs_are_evaluated_in_float32():
     z, x = (a.astype(jnp.bfloat16) for a in random_pair(4, n=5, d=8))
     loss = losses.mummi_nce(z, x, None)
