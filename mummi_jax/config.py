@@ -669,6 +669,12 @@ def _check_combinations(config: Config) -> None:
             "model.head_layout='features' computes the heads' products in float32; with "
             "model.precision='bfloat16_matmul' set model.head_layout=rows or auto"
         )
+    if m.poe_prior_expert and m.poe != "gaussian":
+        raise ValueError(
+            f"model.poe_prior_expert=true adds an N(0, I) expert to the product of Gaussians; "
+            f"model.poe={m.poe!r} (the released code's weights) has no prior expert: set "
+            "model.poe=gaussian or model.poe_prior_expert=false"
+        )
     if config.loss.modality_drop > 0 and m.fusion != "poe":
         raise ValueError(
             f"loss.modality_drop={config.loss.modality_drop} drops experts from a product of "

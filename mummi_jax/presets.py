@@ -188,7 +188,8 @@ def _paper_fidelity(c: Config) -> Config:
     """Options where the MuMMI paper's text differs from the released code."""
     over = {
         "model.shared_noise": False,
-        "optim.adam": "optax",  # Adam as Kingma & Ba write it: epsilon on the corrected moment
+        # Adam in Kingma & Ba's form (epsilon on the corrected moment); epsilon stays 1e-7.
+        "optim.adam": "optax",
         "env.composite": "segmentation",
         "env.missing": "paper",
         "env.missing_train": 0.375,

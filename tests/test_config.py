@@ -79,6 +79,7 @@ def test_overrides_are_typed_and_unknown_keys_fail():
         ({"size": "huge"}, "unknown size"),
         ({"task": "walker_fly"}, "unknown task 'walker_fly'.*walker_walk"),
         ({"overrides": ["model.fusion=concat"]}, "needs model.fusion='poe'"),
+        ({"overrides": ["model.poe_prior_expert=true"]}, "has no prior expert.*model.poe=gaussian"),
         ({"overrides": ["model.fusion=sum"]}, "unknown model.fusion 'sum'.*poe, concat"),
         ({"overrides": ["loss.representation=mse"]}, "unknown loss.representation"),
         ({"task": "cartpole_swingup", "overrides": ["loss.weights=touch=2"]}, "lacks"),
