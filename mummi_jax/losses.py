@@ -176,10 +176,10 @@ def mummi_nce_stacked(z, xs, masks, mask_mode="reference", mean_mode="all_rows")
     """
     # Squared norms of 1024-d vectors overflow in half precision (the reference's float16
     # did), so the kernel is always evaluated in float32, and its product at full float32
-    # precision: the expanded form cancels |z|^2 + |x|^2 against 2 z.x, so an error of
+    # precision: the expanded form cancels |z|^2 + |x|^2 against 2 z.x, so an error of about
     # |z| |x| 2^-11 in the product (TF32, what a float32 dot defaults to on recent NVIDIA
-    # GPUs) lands whole in a logit whose squared distances run past 100 (RESULTS.md). On a
-    # CPU float32 products are exact to float32 either way, and the numbers are unchanged.
+    # GPUs) lands whole in the logit, a small difference of large squared norms. A CPU
+    # computes the product in float32 either way: the same numbers, bit for bit.
     z, xs = z.astype(jnp.float32), xs.astype(jnp.float32)
     k, n, d = xs.shape
     flat = xs.reshape(k * n, d)
