@@ -70,15 +70,24 @@ class Replay:
         self._keep(episode, index)
 
     def sample(self, K: int, B: int, T: int) -> dict:
-        """`(K, B, T, ...)` batches: uniform episode, then a uniform start."""
+        """`(K, B, T, ...)` batches: a uniform episode among those with at least T steps,
+        then a uniform start.
+
+        Episodes shorter than T (Table Wiping's early ends) are skipped, as the released
+        code's `tools.load_episodes` skips them: padding one would teach the
+        world model a made-up self-loop (the last observation and reward again after the
+        last action) and hand SAC transitions from the end state to itself. Only when no
+        episode is long enough (a first prefill of short episodes) are they padded by
+        repeating their last step."""
         out = {k: [] for k in self.episodes[0]}
+        pool = [e for e in self.episodes if len(e["reward"]) >= T] or self.episodes
         for _ in range(K * B):
-            ep = self.episodes[self.rng.integers(len(self.episodes))]
+            ep = pool[self.rng.integers(len(pool))]
             length = len(ep["reward"])
             start = int(self.rng.integers(0, max(length - T, 0) + 1))
             for k, v in ep.items():
                 seq = v[start : start + T]
-                if len(seq) < T:  # a short episode: repeat its last step (padding)
+                if len(seq) < T:  # no episode long enough: repeat its last step (padding)
                     seq = np.concatenate([seq, np.repeat(seq[-1:], T - len(seq), 0)])
                 out[k].append(seq)
         return {k: np.stack(v).reshape((K, B, T) + v[0].shape[1:]) for k, v in out.items()}

@@ -232,6 +232,27 @@ def test_replay_batches_keep_the_documented_alignment(tmp_path):
     assert again.episodes == []
 
 
+def test_replay_skips_episodes_shorter_than_the_sequence_and_pads_only_without_a_choice():
+    def episode(length, offset):
+        return {
+            "x": offset + np.arange(length, dtype=np.float32)[:, None],
+            "action": np.zeros((length, 1), np.float32),
+            "reward": np.arange(length, dtype=np.float32),
+            "discount": np.ones(length, np.float32),
+            "is_first": (np.arange(length) == 0).astype(np.float32),
+        }
+
+    replay = Replay(None, capacity=10_000, seed=0, action_repeat=1)
+    replay.add(episode(4, 100.0), 0)  # an early end (a Wipe collision): shorter than T
+    only_short = replay.sample(1, 8, 6)["x"][..., 0]
+    # Nothing else to draw from: the short episode, its last step repeated.
+    np.testing.assert_array_equal(only_short, np.tile([100, 101, 102, 103, 103, 103], (1, 8, 1)))
+    replay.add(episode(12, 0.0), 1)
+    x = replay.sample(4, 16, 6)["x"][..., 0]
+    assert x.max() < 100  # never the short episode, so never a repeated step
+    np.testing.assert_array_equal(np.diff(x, axis=-1), 1.0)
+
+
 def test_envs_in_worker_processes_play_the_same_episodes_as_one_env(tmp_path):
     """`--envs=N`: N envs in spawned workers, stepped in lockstep with one batched policy
     call; episode for episode, the same data as playing them one by one in process."""
