@@ -96,7 +96,7 @@ def assert_learns_a_fixed_batch(run: SeedParallel, state, spec, updates: int = 2
     batch `(B=4, T=6)` and checks that its world-model loss falls clearly: the excess over the
     floor no model can beat (free nats, unit-variance Gaussian constants) drops by 25 %.
     tests/test_loop.py runs it on every preset after its end-to-end run, with the run's own
-    train step (one trace for collection, training and this). Returns the final state."""
+    train step (one trace for every train phase and this). Returns the final state."""
     agent, cfg = run.agent, run.agent.config
     one = fixed_batch(agent, spec, 1, 4, 6)
     batches = jax.tree.map(lambda x: np.repeat(x, 2, axis=0), one)
