@@ -63,8 +63,7 @@ def test_every_preset_runs_end_to_end_compiles_once_and_learns_a_fixed_batch(met
     # Then 200 more updates on one fixed batch with the run's own train step (the shapes of
     # its replay batches): the world model learns it, and every train phase and this share
     # one trace.
-    spec = envs.make(**runner.env_kwargs, seed=0).observation_spec()
-    assert_learns_a_fixed_batch(runner.parallel, state, spec)
+    assert_learns_a_fixed_batch(runner.parallel, state, runner.agent.obs_spec)
     assert runner.parallel.traces["train"] == 1
     lines = read_metrics(tmp_path)
     assert [r["step"] for r in lines if "train/return" in r] == [100, 200, 300, 400]

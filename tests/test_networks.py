@@ -357,8 +357,9 @@ def test_bfloat16_matmul_encoder_decoder_and_expert_multiply_in_bf16_only(impl):
         # Jitted: op by op, the 64 x 64 networks' forward and backward take seconds each.
         out = lambda p, net=mixed, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
         ref = lambda p, net=f32, inp=inp: jax.tree.leaves(net.apply(p, inp))[0]
-        assert jax.jit(out)(params).dtype == jnp.float32, name
-        np.testing.assert_allclose(jax.jit(out)(params), jax.jit(ref)(params), rtol=0.05, atol=0.02)
+        y = jax.jit(out)(params)
+        assert y.dtype == jnp.float32, name
+        np.testing.assert_allclose(y, jax.jit(ref)(params), rtol=0.05, atol=0.02)
         loss = lambda p, out=out: jnp.sum(jnp.sin(out(p)))
         grads = jax.jit(jax.grad(loss))(params)
         assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads)), name
