@@ -28,8 +28,7 @@ def define_flags():
 
 def protocol(config):
     """[(name, missing rate, dropped modalities)] and the protocol's name."""
-    levels = list(config.env.missing_test) + [0.0] * 3
-    none, medium, high = levels[0], levels[1], levels[2]
+    none, medium, high = config.env.missing_test  # three rates: config.validate
     if config.env.task == "wipe":
         return "table2", [
             ("all_full", none, ()),

@@ -128,6 +128,7 @@ class EnvConfig:
     # "paper" = segments constrained to an exact missing fraction.
     missing: MissingProcess = "reference"
     missing_train: Rate = 0.05  # reference: p; paper: fraction (0.375)
+    # none / medium / high at test (exactly three; Table II uses the first two)
     missing_test: tuple[Rate, ...] = (0.0, 0.05, 0.10)  # paper: (0.0, 0.375, 0.75)
     missing_eval: Rate = 0.05  # periodic evaluation during training (released code: p = 0.05)
     max_missing_len: Count = 14
@@ -688,6 +689,12 @@ def _check_combinations(config: Config) -> None:
             f"{m.precision!r} set model.conv_impl=matmul_cm (CPU) or auto"
         )
     e = config.env
+    if len(e.missing_test) != 3:
+        raise ValueError(
+            f"env.missing_test={','.join(map(str, e.missing_test))} must give three rates, "
+            "none / medium / high (Table I; Table II reads the first two): e.g. --set "
+            "env.missing_test=0,0.05,0.1"
+        )
     sites = task_info(e.task).touch_sites
     if e.touch_site and e.touch_site not in sites:
         where = f"valid: {', '.join(sites)}" if sites else "it has none; leave it empty"

@@ -59,8 +59,8 @@ def test_overrides_are_typed_and_unknown_keys_fail():
         "mummi", "walker_walk", overrides=["model.deter=64", "train.steps=1e4"]
     )
     assert cfg.model.deter == 64 and cfg.train.steps == 10_000
-    cfg = presets.make_config("mummi", "walker_walk", overrides={"env.missing_test": "0,0.1"})
-    assert cfg.env.missing_test == (0.0, 0.1)
+    cfg = presets.make_config("mummi", "walker_walk", overrides={"env.missing_test": "0,0.1,0.3"})
+    assert cfg.env.missing_test == (0.0, 0.1, 0.3)
     with pytest.raises(ValueError, match="model.deterr"):
         presets.make_config("mummi", "walker_walk", overrides=["model.deterr=3"])
     with pytest.raises(ValueError, match="expected int"):
@@ -84,6 +84,7 @@ def test_overrides_are_typed_and_unknown_keys_fail():
         ({"overrides": ["loss.representation=mse"]}, "unknown loss.representation"),
         ({"task": "cartpole_swingup", "overrides": ["loss.weights=touch=2"]}, "lacks"),
         ({"overrides": ["env.modalities=image,sonar"]}, "no modality 'sonar'"),
+        ({"overrides": ["env.missing_test=0,0.1"]}, "env.missing_test=0.0,0.1 must give three"),
     ],
 )
 def test_nonsense_is_rejected_with_the_valid_choices(kwargs, match):
