@@ -425,7 +425,10 @@ class Agent:
         for m in self.modalities:
             x = obs[m]
             if m == "depth":
-                x = x.astype(jnp.float32) / m_cfg.depth_scale - 0.5
+                x = x.astype(jnp.float32) / m_cfg.depth_scale
+                if m_cfg.depth_clip:
+                    x = jnp.clip(x, 0.0, 1.0)
+                x = x - 0.5
             elif jnp.issubdtype(x.dtype, jnp.integer):
                 x = x.astype(jnp.float32) / 255.0 - 0.5
             elif m == "touch":

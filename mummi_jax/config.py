@@ -187,6 +187,11 @@ class ModelConfig:
     # "div200" (MuMMI) | "raw" (CVRL, Dreamer) | "log1p" (CoRAL)
     touch_scale: Literal["div200", "raw", "log1p"] = "div200"
     depth_scale: Positive = 200.0
+    # Depth enters as depth / depth_scale - 0.5 (metres; the released code's 1/200). With
+    # depth_clip the ratio is clipped to [0, 1] first, so a scale of a few metres spends the
+    # range on the robot instead of the sky (environments.md 2.1: at 1/200 the walker and the
+    # floor differ by about 0.002, the sky sits 64-90 m away).
+    depth_clip: bool = False
     decoder_touch_hidden: Count = 96
     # "zscore": proprioception minus the mean, over the std, of the prefill (random-policy)
     # episodes, std < 1e-2 taken as 1 (CoRAL App. B; set once by the runner after the

@@ -255,3 +255,22 @@ def test_preprocess_scales(touch_scale):
     touch = {"div200": [0.0, 0.25], "raw": [0.0, 50.0], "log1p": [0.0, math.log1p(50.0)]}
     np.testing.assert_allclose(x["touch"], [touch[touch_scale]], rtol=1e-6)
     np.testing.assert_allclose(x["depth_flag"], [0.0])
+
+
+def test_preprocess_clipped_depth_spends_the_range_on_the_first_metres():
+    from mummi_jax.agent import Agent
+
+    overrides = {"model.depth_scale": 5.0, "model.depth_clip": True}
+    config = presets.make_config("mummi", "walker_walk", "tiny", overrides=overrides)
+    spec = {
+        "image": specs.Array((32, 32, 3), np.uint8),
+        "depth": specs.Array((32, 32, 1), np.float32),
+        "touch": specs.Array((2,), np.float32),
+    }
+    spec.update({f"{m}_flag": specs.Array((), np.float32) for m in list(spec)})
+    agent = Agent(config, spec, specs.BoundedArray((6,), np.float32, -1, 1))
+    obs = {m: np.zeros((1, *s.shape), s.dtype) for m, s in spec.items()}
+    # A missing reading (raw 0), the walker (2.5 m), the sky (64 m: clipped, not 12.3).
+    obs["depth"][0, 0, :3, 0] = [0.0, 2.5, 64.0]
+    x = jax.jit(agent.preprocess)(obs)
+    np.testing.assert_allclose(x["depth"][0, 0, :3, 0], [-0.5, 0.0, 0.5], atol=1e-7)
