@@ -226,20 +226,23 @@ def test_actor_distribution_parameterisation_by_hand():
 
 
 # ----------------------------------------------------------------------------- preprocess
-@pytest.mark.parametrize("touch_scale", ["div200", "raw", "log1p"])
-def test_preprocess_scales(touch_scale):
+def _walker_agent(overrides):
+    """A tiny walker agent on 32 px image and depth and 2 touch readings, with flags."""
     from mummi_jax.agent import Agent
 
-    config = presets.make_config(
-        "mummi", "walker_walk", "tiny", overrides={"model.touch_scale": touch_scale}
-    )
+    config = presets.make_config("mummi", "walker_walk", "tiny", overrides=overrides)
     spec = {
         "image": specs.Array((32, 32, 3), np.uint8),
         "depth": specs.Array((32, 32, 1), np.float32),
         "touch": specs.Array((2,), np.float32),
     }
     spec.update({f"{m}_flag": specs.Array((), np.float32) for m in list(spec)})
-    agent = Agent(config, spec, specs.BoundedArray((6,), np.float32, -1, 1))
+    return Agent(config, spec, specs.BoundedArray((6,), np.float32, -1, 1)), spec
+
+
+@pytest.mark.parametrize("touch_scale", ["div200", "raw", "log1p"])
+def test_preprocess_scales(touch_scale):
+    agent, _ = _walker_agent({"model.touch_scale": touch_scale})
     obs = {
         "image": np.array([[[[0, 255, 51]]]], np.uint8),
         "depth": np.array([[[[0.0], [100.0], [300.0]]]], np.float32),
@@ -258,17 +261,7 @@ def test_preprocess_scales(touch_scale):
 
 
 def test_preprocess_clipped_depth_spends_the_range_on_the_first_metres():
-    from mummi_jax.agent import Agent
-
-    overrides = {"model.depth_scale": 5.0, "model.depth_clip": True}
-    config = presets.make_config("mummi", "walker_walk", "tiny", overrides=overrides)
-    spec = {
-        "image": specs.Array((32, 32, 3), np.uint8),
-        "depth": specs.Array((32, 32, 1), np.float32),
-        "touch": specs.Array((2,), np.float32),
-    }
-    spec.update({f"{m}_flag": specs.Array((), np.float32) for m in list(spec)})
-    agent = Agent(config, spec, specs.BoundedArray((6,), np.float32, -1, 1))
+    agent, spec = _walker_agent({"model.depth_scale": 5.0, "model.depth_clip": True})
     obs = {m: np.zeros((1, *s.shape), s.dtype) for m, s in spec.items()}
     # A missing reading (raw 0), the walker (2.5 m), the sky (64 m: clipped, not 12.3).
     obs["depth"][0, 0, :3, 0] = [0.0, 2.5, 64.0]
