@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import math
 import os
@@ -199,7 +200,10 @@ def load_run(path: str) -> tuple[Run, list[str]]:
         )
     elif config and res:
         cfg_method, cfg_task = config.get("method"), env.get("task")
-        if (cfg_method and cfg_method != run.method) or (cfg_task and cfg_task != run.task):
+        # A random baseline (experiments.reproduce) is scored on the episodes of the run whose
+        # config.json sits beside it: that method differs by design.
+        other_method = cfg_method and cfg_method != run.method and run.method != "random"
+        if other_method or (cfg_task and cfg_task != run.task):
             problems.append(
                 f"{path}: results.json says {run.method}/{run.task} but config.json says "
                 f"{cfg_method}/{cfg_task}; using results.json"
@@ -274,10 +278,12 @@ def published(
 
 # -- aggregation -----------------------------------------------------------------------------
 def _seed_eval(ev: dict[str, Any]) -> stats.SeedEval:
+    """A level of results.json as one seed: its returns, else its summary over `episodes`
+    episodes (one when it does not say: `aggregate` reports that)."""
     returns = ev.get("returns")
     if isinstance(returns, list) and returns:
         return stats.SeedEval.from_returns(returns)
-    return stats.SeedEval.from_summary(ev["mean"], ev.get("std") or 0.0, 1)
+    return stats.SeedEval.from_summary(ev["mean"], ev.get("std") or 0.0, ev.get("episodes", 1))
 
 
 def aggregate(
@@ -295,10 +301,16 @@ def aggregate(
     (published mean within our interval; None without both), note.
     """
     groups: dict[tuple[str, str], list[Run]] = collections.defaultdict(list)
+    problems = []
     for run in runs:
         if run.results is not None:
             groups[(run.task, run.method)].append(run)
-    rows, problems = [], []
+        else:  # a seed missing from the table must say so, not just shrink its seed count
+            problems.append(
+                f"{run.path}: no results.json, so only its learning curve is used (score it "
+                f"with `python -m experiments.evaluate --logdir={run.path}`)"
+            )
+    rows = []
     for (task, method), group in sorted(groups.items()):
         seeds = [r.seed for r in group if r.seed is not None]
         dupes = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -315,6 +327,13 @@ def aggregate(
         group_notes: set[str] = set()
         for evaluation in sorted(names, key=lambda n: (order.index(n) if n in order else 99, n)):
             members = [r for r in group if evaluation in r.results["evaluations"]]
+            for r in members:
+                ev = r.results["evaluations"][evaluation]
+                if not ev.get("returns") and "episodes" not in ev:
+                    problems.append(
+                        f"{r.path}: evaluation {evaluation!r} kept only its mean and no "
+                        "'returns' or 'episodes': pooled as one episode"
+                    )
             summary = stats.summarize(
                 [_seed_eval(r.results["evaluations"][evaluation]) for r in members],
                 n_resamples=n_resamples,
@@ -346,7 +365,8 @@ def aggregate(
                     "note": note,
                 }
             )
-            if note and note not in group_notes:  # once per reason, not per level
+            # Once per reason, not per level; a random baseline is never published.
+            if note and note not in group_notes and method != "random":
                 group_notes.add(note)
                 problems.append(f"{method}/{task}: {note}; our numbers still shown")
     return rows, problems
@@ -360,8 +380,9 @@ def _num(x: float | None, digits: int = 1) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The comparison as a Markdown table (one line per row of `aggregate`)."""
     head = (
-        "| task | method | eval | seeds | episodes | ours mean ± std | 95% CI | "
-        "published mean ± std | ours − published | published in CI |"
+        "| task | method | eval | seeds | episodes | ours mean ± std | interval (95% bootstrap "
+        "over seeds; 2-3 seeds: their range) | published mean ± std | ours − published | "
+        "published in interval |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
@@ -436,8 +457,12 @@ def plot_curves(runs: Sequence[Run], path: str, weight: float = 0.9) -> bool:
         ax.set_visible(False)
     fig.suptitle(f"{CURVE_KEY}, EMA smoothing {weight}, band: ±1 std over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from mummi_jax.checkpoint import atomic_write  # here: importing compare needs no JAX
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, png.getvalue())  # a reader (experiments.reproduce) never sees half
     return True
 
 
@@ -482,14 +507,15 @@ def run_compare(
 
     out = out or next((d for d in logdirs if os.path.isdir(d)), ".")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write(f"# Comparison with published figures (--table={table})\n\n{md}")
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(
-            {"table": table, "rows": rows, "problems": problems, "runs": [r.path for r in runs]},
-            f,
-            indent=1,
-        )
+    from mummi_jax.checkpoint import atomic_write
+
+    # Written whole or not at all: several grid processes may read them while one writes.
+    atomic_write(
+        os.path.join(out, "compare.md"),
+        f"# Comparison with published figures (--table={table})\n\n{md}".encode(),
+    )
+    record = {"table": table, "rows": rows, "problems": problems, "runs": [r.path for r in runs]}
+    atomic_write(os.path.join(out, "compare.json"), json.dumps(record, indent=1).encode())
     png = os.path.join(out, "curves.png")
     plotted = plot_curves(runs, png, smoothing)
     if not plotted:

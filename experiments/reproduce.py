@@ -13,9 +13,10 @@ The grid runs in stages, each a set of (method, task, seed) runs, first to last:
 Each run trains to the budget's env steps (`experiments.train`'s run directory
 `OUT/<method>/<task>/seed<N>/`, checkpointed), then plays the Table I protocol
 (`experiments.evaluate`: none / medium / high missing data, test backgrounds) into its
-results.json. Re-running the command resumes: a run with a results.json is done and skipped,
-a run with checkpoints continues from its newest one. Per task a uniform-random policy is
-scored on each seed's evaluation episodes (`OUT/random/<task>/seed<N>/results.json`).
+results.json. Re-running the command resumes: a run whose results.json scored it at the
+budget's env steps is done and skipped, a run with checkpoints continues from its newest
+one. Per task a uniform-random policy is scored on each seed's evaluation episodes
+(`OUT/random/<task>/seed<N>/results.json`).
 
 `--runs` picks named runs of the selected stages. Several processes may work on one grid at
 once (on 2 cores, two training processes give about 1.5x the runs per hour of one): each
@@ -33,7 +34,9 @@ After every finished run `experiments.compare` writes OUT/compare.md, compare.js
 curves.png (from the archive), and the block between this budget's markers in `--results`
 (default RESULTS.md) is rewritten: the budget, the grid's status, the table beside the
 published Table I, and whether the published ordering (MuMMI > CVRL > Dreamer; MuMMI's
-smaller drop from none to high missing data) holds. Text outside the markers is kept.
+smaller drop from none to high missing data) holds: a pair counts as ordered only where the
+seeds' intervals do not overlap, random's score is shown beside, and our drops are set
+beside the published table's. Text outside the markers is kept.
 
 Budgets (`BUDGETS`): `cpu` is the `small` size, sized so that one run takes at most about
 45 minutes on a 2-core CPU, with the released code's batch-shared RSSM noise that its grid
@@ -139,16 +142,35 @@ def default_archive(results_path: str, budget_name: str) -> str:
     )
 
 
+def _full_length(results: dict, steps: int | None) -> bool:
+    """Whether a results.json scored a run trained to `steps` env steps (None: any length);
+    a random baseline (0 steps) is always whole."""
+    return (
+        steps is None
+        or results.get("method") == "random"
+        or (int(results.get("env_steps", 0)) >= steps)
+    )
+
+
 def status(
-    out: str, method: str, task: str, seed: int, archive: str | None = None
+    out: str,
+    method: str,
+    task: str,
+    seed: int,
+    archive: str | None = None,
+    steps: int | None = None,
 ) -> tuple[str, int]:
     """("done" | "partial" | "pending", env steps of its newest checkpoint). A run is done
-    when its results.json is in OUT or in the archive."""
+    when its results.json is in OUT or in the archive and, given `steps` (the budget's), it
+    scored a run trained that far: `experiments.evaluate` on a half-trained run writes a
+    results.json too, and that run must go on training, not count as finished."""
     for root in (out, archive) if archive else (out,):
         path = os.path.join(run_dir(root, method, task, seed), "results.json")
         if os.path.exists(path):
             with open(path) as f:
-                return "done", int(json.load(f).get("env_steps", 0))
+                results = json.load(f)
+            if _full_length(results, steps):
+                return "done", int(results.get("env_steps", 0))
     d = run_dir(out, method, task, seed)
     from mummi_jax import checkpoint
 
@@ -209,7 +231,8 @@ def holder(out: str, method: str, task: str, seed: int) -> dict | None:
 
 def archive_runs(out: str, archive: str) -> list[str]:
     """Copies the record (ARCHIVED) of every finished run under OUT (each directory holding a
-    results.json, random baselines included) into the same place under `archive`, each file
+    results.json of a run trained to its config's `train.steps`, random baselines included)
+    into the same place under `archive`, each file
     written to a temporary name and renamed. A run already archived is not overwritten: the
     archive is the record, and a logdir re-created with the same name is a different run.
     Returns the run directories copied, relative to OUT."""
@@ -226,6 +249,14 @@ def archive_runs(out: str, archive: str) -> list[str]:
         dest = os.path.join(archive, rel)
         if os.path.exists(os.path.join(dest, "results.json")):
             continue
+        with open(os.path.join(root, "results.json")) as f:
+            results = json.load(f)
+        config_path = os.path.join(root, "config.json")
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                steps = json.load(f).get("train", {}).get("steps")
+            if not _full_length(results, steps):
+                continue  # scored before the end of its training: not a finished run
         # results.json last: an interrupted copy leaves a run the archive does not count.
         for name in sorted(ARCHIVED, key=lambda n: n == "results.json"):
             if name in files:
@@ -279,53 +310,98 @@ def random_baseline(config, out: str, archive: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- reporting
+def _interval(row: dict) -> tuple[float, float]:
+    """A row's interval over seeds (compare.aggregate), or its mean where it has none."""
+    if row.get("ci_lo") is None:
+        return row["mean"], row["mean"]
+    return row["ci_lo"], row["ci_hi"]
+
+
+def _drops(by: dict, task: str, key: str) -> dict[str, float]:
+    """Each main method's relative drop of `key` (our mean or the published one) from none
+    to high missing data, where both levels have it and the none level is positive."""
+    drops = {}
+    for m in METHODS_MAIN:
+        none, high = by.get((task, m, "none")), by.get((task, m, "high"))
+        if none and high and none.get(key) is not None and high.get(key) is not None:
+            if none[key] > 0:
+                drops[m] = 1.0 - high[key] / none[key]
+    return drops
+
+
 def ordering(rows: list[dict]) -> list[str]:
-    """Lines saying whether the published ordering holds in `rows` (compare.aggregate)."""
+    """Lines saying whether the published ordering holds in `rows` (compare.aggregate).
+
+    A pair of methods counts as ordered only when their intervals over seeds do not overlap:
+    with a few seeds, means that differ by less than the seeds' spread say nothing either
+    way. Random's score is shown beside them (below it nothing has been learnt), and MuMMI's
+    drop from none to high missing data is set beside the published table's, which does not
+    have MuMMI's drop the smallest on every task either."""
     by = {(r["task"], r["method"], r["evaluation"]): r for r in rows}
     lines = []
     for task in sorted({r["task"] for r in rows}):
+        rnd = by.get((task, "random", "none"))  # random scores the same at every level
+        rnd_text = f"; random {rnd['mean']:.1f}" if rnd else ""
         for level in LEVELS:
-            have = [
-                (m, by[(task, m, level)]["mean"]) for m in METHODS_MAIN if (task, m, level) in by
-            ]
+            have = [m for m in METHODS_MAIN if (task, m, level) in by]  # published order
             if len(have) < 2:
                 continue
-            ranked = [m for m, _ in sorted(have, key=lambda x: -x[1])]
-            wanted = [m for m in METHODS_MAIN if m in ranked]
-            verdict = "holds" if ranked == wanted else "does not hold"
-            values = ", ".join(f"{m} {v:.1f}" for m, v in have)
+            ranked = sorted(have, key=lambda m: -by[(task, m, level)]["mean"])
+            reversed_, overlap = [], []
+            for i, a in enumerate(have):
+                for b in have[i + 1 :]:
+                    (a_lo, a_hi), (b_lo, b_hi) = (_interval(by[(task, m, level)]) for m in (a, b))
+                    if b_lo > a_hi:
+                        reversed_.append(f"{b} > {a}")
+                    elif not a_lo > b_hi:
+                        overlap.append(f"{a}/{b}")
+            if reversed_:
+                verdict = f"does not hold ({', '.join(reversed_)} beyond the seeds' intervals)"
+            elif overlap:
+                verdict = f"not resolved (the intervals of {', '.join(overlap)} overlap)"
+            else:
+                verdict = "holds"
+            values = []
+            for m in have:
+                r = by[(task, m, level)]
+                lo, hi = _interval(r)
+                span = f" [{lo:.1f}, {hi:.1f}]" if r.get("ci_lo") is not None else ""
+                values.append(f"{m} {r['mean']:.1f}{span}")
             lines.append(
-                f"- {task}, {level}: {' > '.join(ranked)} ({values}): published order {verdict}"
+                f"- {task}, {level}: {' > '.join(ranked)} by mean ({', '.join(values)}"
+                f"{rnd_text}): published order {verdict}"
             )
-        drops = {}
-        for m in METHODS_MAIN:
-            none, high = by.get((task, m, "none")), by.get((task, m, "high"))
-            if none and high and none["mean"] > 0:
-                drops[m] = 1.0 - high["mean"] / none["mean"]
-        if "mummi" in drops and len(drops) > 1:
-            smallest = min(drops, key=drops.get)
-            text = ", ".join(f"{m} {100 * d:.0f} %" for m, d in drops.items())
-            verdict = "holds" if smallest == "mummi" else "does not hold"
-            lines.append(
-                f"- {task}, drop from none to high missing data ({text}): MuMMI's drop the "
-                f"smallest {verdict}"
+        ours, pub = _drops(by, task, "mean"), _drops(by, task, "published_mean")
+        if "mummi" in ours and len(ours) > 1:
+            low = [m for m in ours if rnd and by[(task, m, "none")]["mean"] <= rnd["mean"]]
+            text = ", ".join(f"{m} {100 * d:.0f} %" for m, d in ours.items())
+            line = (
+                f"- {task}, drop from none to high missing data: ours {text} (MuMMI's the "
+                f"smallest: {'yes' if min(ours, key=ours.get) == 'mummi' else 'no'})"
             )
+            pub = {m: d for m, d in pub.items() if m in ours}
+            if "mummi" in pub and len(pub) > 1:
+                ptext = ", ".join(f"{m} {100 * d:.0f} %" for m, d in pub.items())
+                smallest = "yes" if min(pub, key=pub.get) == "mummi" else "no"
+                line += f"; published {ptext} (MuMMI's the smallest: {smallest})"
+            if low:
+                line += f"; {', '.join(low)} at or below random without missing data"
+            lines.append(line)
     return lines or ["- not enough finished runs to compare methods yet"]
 
 
 def _curves_line(out: str, results_path: str, budget_name: str) -> str:
     """Copies compare's learning curves next to `results_path` (docs/results/), so that the
     Markdown file shows them wherever the grid's run directory lives; returns the line."""
-    import shutil
-
     png = os.path.join(out, "curves.png")
     if not os.path.exists(png):
         return "No learning curves yet (no `eval/return` logged)."
     rel = os.path.join("docs", "results", f"curves_{budget_name}.png")
     dest = os.path.join(os.path.dirname(os.path.abspath(results_path)), rel)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    shutil.copyfile(png, dest + ".tmp")
-    os.replace(dest + ".tmp", dest)
+    from mummi_jax.checkpoint import atomic_write
+
+    with open(png, "rb") as f:  # a unique temp name: grid processes may copy it at once
+        atomic_write(dest, f.read())
     return (
         f"Learning curves (single-episode eval returns against env steps, EMA "
         f"{CURVE_SMOOTHING}): ![curves]({rel})"
@@ -348,18 +424,23 @@ def report(budget_name: str, out: str, results_path: str, archive: str | None = 
     archive_runs(out, archive)
     os.makedirs(out, exist_ok=True)
     buf, err = io.StringIO(), io.StringIO()
+    rows = []
     # Twelve evaluations per run: the paper's EMA 0.9 (Fig. 5, hundreds of points) would keep
     # a curve near its first, single-episode value; 0.5 follows the run.
     if os.path.isdir(archive):
-        compare.run_compare([archive], out, stdout=buf, stderr=err, smoothing=CURVE_SMOOTHING)
-    rows = []
-    if os.path.exists(os.path.join(out, "compare.json")):
-        with open(os.path.join(out, "compare.json")) as f:
-            rows = json.load(f)["rows"]
+        status_ = compare.run_compare(
+            [archive], out, stdout=buf, stderr=err, smoothing=CURVE_SMOOTHING
+        )
+        # Only this call's rows: an older compare.json would describe other runs.
+        if status_ == 0:
+            with open(os.path.join(out, "compare.json")) as f:
+                rows = json.load(f)["rows"]
+    if err.getvalue():
+        print(err.getvalue(), file=sys.stderr, end="")
     grid = []
     for k, stage in enumerate(stages(), 1):
         for m, t, s in stage:
-            state, steps = status(out, m, t, s, archive)
+            state, steps = status(out, m, t, s, archive, make_config(budget, m, t, s).train.steps)
             grid.append(f"| {k} | {m} | {t} | {s} | {state} | {steps} |")
     example = make_config(budget, "mummi", "walker_walk", 0)
     tr = example.train
@@ -500,7 +581,7 @@ def main(argv):
         per_100k = per_100k or budget.seconds_per_100k
         total = 0.0
         for cfg in configs:
-            state, steps = status(out, cfg.method, cfg.env.task, cfg.seed, archive)
+            state, steps = status(out, cfg.method, cfg.env.task, cfg.seed, archive, cfg.train.steps)
             left = 0.0 if state == "done" else (cfg.train.steps - steps) / 1e5 * per_100k
             total += left
             held = state != "done" and holder(out, cfg.method, cfg.env.task, cfg.seed)
@@ -517,7 +598,7 @@ def main(argv):
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     for cfg in configs:
-        state, _ = status(out, cfg.method, cfg.env.task, cfg.seed, archive)
+        state, _ = status(out, cfg.method, cfg.env.task, cfg.seed, archive, cfg.train.steps)
         if state == "done":
             continue
         if FLAGS.max_minutes and time.time() - t0 > 60 * FLAGS.max_minutes:
@@ -532,7 +613,7 @@ def main(argv):
             continue
         try:
             # Another process may have finished it between our status and our claim.
-            if status(*key, archive)[0] == "done":
+            if status(*key, archive, cfg.train.steps)[0] == "done":
                 continue
             print(f"{name} training", flush=True)
             random_baseline(cfg, out, archive)

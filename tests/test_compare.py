@@ -91,7 +91,7 @@ def test_two_seed_bootstrap_is_the_range_of_seed_means():
     s = stats.summarize(
         [stats.SeedEval.from_returns([900, 950]), stats.SeedEval.from_returns([1000, 1050])]
     )
-    assert s.ci == (925.0, 1025.0) and s.ci_unit == "seeds"
+    assert s.ci == (925.0, 1025.0) and s.ci_unit == "seed range"
     assert (s.seed_std, s.n_seeds, s.n_episodes) == (50.0, 2, 4)
     assert s.contains(954.5) is True and s.contains(924.9) is False
     assert s.contains(1025.0) is True  # closed interval
@@ -184,7 +184,8 @@ def test_writes_markdown_json_and_curves(tmp_path):
     assert rc == 0, stderr
     md = (out / "compare.md").read_text()
     assert md.startswith("# Comparison")
-    assert "| walker_walk | mummi | none | 2 | 2 | 955.0 ± 15.0 | [940.0, 970.0] (seeds) |" in md
+    row = "| walker_walk | mummi | none | 2 | 2 | 955.0 ± 15.0 | [940.0, 970.0] (seed range) |"
+    assert row in md
     assert "954.5 ± 21.5 (mummi_table1) | +0.5 | yes |" in md
     # CVRL: both seeds 700 -> a zero-width interval that excludes 732.7.
     assert "732.7 ± 61.7 (mummi_table1) | -32.7 | no |" in md
@@ -293,3 +294,27 @@ def test_cli_exit_status_and_message(tmp_path):
     )
     assert proc.returncode == 1
     assert "absent' does not exist" in proc.stderr
+
+
+def test_what_the_table_cannot_show_is_said_and_random_baselines_are_not_flagged(tmp_path):
+    """A seed with a curve but no results.json, or one that kept only its mean, is named on
+    stderr; a random baseline beside its run's config.json (experiments.reproduce) is not a
+    method mismatch."""
+    write_run(tmp_path / "mummi0", "mummi", "walker_walk", 0, {"none": [900.0, 910.0]})
+    write_run(tmp_path / "mummi1", "mummi", "walker_walk", 1, None, [(0, 1.0), (100, 2.0)])
+    summary = write_run(tmp_path / "mummi2", "mummi", "walker_walk", 2, {"none": [500.0]})
+    with open(os.path.join(summary, "results.json")) as f:
+        results = json.load(f)
+    del results["evaluations"]["none"]["returns"]
+    with open(os.path.join(summary, "results.json"), "w") as f:
+        json.dump(results, f)
+    rand = write_run(tmp_path / "random0", "random", "walker_walk", 0, {"none": [20.0]})
+    with open(os.path.join(rand, "config.json"), "w") as f:  # the run it was scored for
+        json.dump({"method": "mummi", "seed": 0, "env": {"task": "walker_walk"}}, f)
+    rc, stdout, stderr = call([tmp_path], tmp_path / "out")
+    assert rc == 0
+    assert "mummi1: no results.json, so only its learning curve is used" in stderr
+    assert f"--logdir={tmp_path / 'mummi1'}" in stderr
+    assert "mummi2: evaluation 'none' kept only its mean" in stderr
+    assert "config.json says" not in stderr
+    assert "| walker_walk | random | none | 1 | 1 | 20.0" in stdout

@@ -65,6 +65,9 @@ def test_status_reads_results_then_checkpoints(tmp_path):
     assert R.status(out, "mummi", "walker_walk", 0) == ("partial", 4000)
     atomic_write(os.path.join(d, "results.json"), json.dumps({"env_steps": 9000}).encode())
     assert R.status(out, "mummi", "walker_walk", 0) == ("done", 9000)
+    # Scored before the budget's end (experiments.evaluate on a half-trained run): it trains on.
+    assert R.status(out, "mummi", "walker_walk", 0, steps=10000) == ("partial", 4000)
+    assert R.status(out, "mummi", "walker_walk", 0, steps=9000) == ("done", 9000)
     # A run archived elsewhere is done even where OUT has nothing of it (a fresh machine).
     archive = str(tmp_path / "archive")
     a = R.run_dir(archive, "cvrl", "walker_walk", 1)
@@ -73,8 +76,10 @@ def test_status_reads_results_then_checkpoints(tmp_path):
     assert R.status(out, "cvrl", "walker_walk", 1, archive) == ("done", 7000)
 
 
-def _row(method, level, mean, task="walker_walk"):
-    return {"task": task, "method": method, "evaluation": level, "mean": mean}
+def _row(method, level, mean, task="walker_walk", ci=None, published=None):
+    lo, hi = ci or (None, None)
+    return {"task": task, "method": method, "evaluation": level, "mean": mean,
+            "ci_lo": lo, "ci_hi": hi, "published_mean": published}  # fmt: skip
 
 
 def test_ordering_verdicts():
@@ -88,13 +93,39 @@ def test_ordering_verdicts():
     ]
     lines = "\n".join(R.ordering(rows))
     assert "walker_walk, none: mummi > cvrl > dreamer" in lines and "order holds" in lines
-    assert "walker_walk, high: mummi > dreamer > cvrl" in lines and "does not hold" in lines
+    assert "walker_walk, high: mummi > dreamer > cvrl" in lines
+    assert "does not hold (dreamer > cvrl beyond" in lines
     # Drops: mummi 10 %, cvrl 50 %, dreamer -17 % (dreamer gained): MuMMI's is not the smallest.
-    assert "MuMMI's drop the smallest does not hold" in lines
+    assert "ours mummi 10 %, cvrl 50 %, dreamer -17 % (MuMMI's the smallest: no)" in lines
     assert R.ordering([]) == ["- not enough finished runs to compare methods yet"]
 
 
-def _finished_run(out, method="mummi", seed=0, env_steps=100):
+def test_ordering_needs_separated_seeds_and_shows_random_and_the_published_drops():
+    """Means in the published order whose seed intervals overlap do not count as the order
+    holding; random's score and the published table's own drops are shown beside ours."""
+    rows = [
+        _row("mummi", "none", 43.7, ci=(26.1, 78.2), published=924.0),
+        _row("cvrl", "none", 42.8, ci=(27.2, 52.0), published=781.0),
+        _row("dreamer", "none", 17.4, ci=(15.0, 19.0), published=659.0),
+        _row("random", "none", 22.1),
+        _row("mummi", "high", 30.0, ci=(20.0, 40.0), published=859.0),
+        _row("cvrl", "high", 30.0, ci=(25.0, 35.0), published=723.0),
+        _row("dreamer", "high", 17.0, ci=(16.0, 18.0), published=620.0),
+    ]
+    lines = R.ordering(rows)
+    none = next(line for line in lines if ", none:" in line)
+    assert "mummi 43.7 [26.1, 78.2]" in none and "random 22.1" in none
+    assert "not resolved (the intervals of mummi/cvrl overlap)" in none
+    drop = next(line for line in lines if "drop from none to high" in line)
+    # ours: mummi 31 %, cvrl 30 %, dreamer 2 %; published (Table I-like figures) 7, 7, 6 %.
+    assert "(MuMMI's the smallest: no); published mummi 7 %, cvrl 7 %, dreamer 6 %" in drop
+    assert "dreamer at or below random without missing data" in drop
+    # Separated intervals in the published order: it holds.
+    apart = [_row("mummi", "none", 90, ci=(85, 95)), _row("cvrl", "none", 50, ci=(45, 55))]
+    assert "published order holds" in R.ordering(apart)[0]
+
+
+def _finished_run(out, method="mummi", seed=0, env_steps=60_000):  # the cpu budget's
     d = R.run_dir(str(out), method, "walker_walk", seed)
     evals = {
         lvl: {"returns": [10.0 + i, 12.0 + i], "mean": 11.0 + i, "std": 1.0}
@@ -127,7 +158,7 @@ def test_report_rewrites_only_its_block(tmp_path):
     results.write_text("# Results\n\nHand-written analysis.\n")
     _finished_run(out)
     first = R.report("cpu", str(out), str(results))
-    assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in first
+    assert "| 1 | mummi | walker_walk | 0 | done | 60000 |" in first
     assert "| walker_walk | mummi | none | 1 |" in first  # compare's table row
     R.report("cpu", str(out), str(results))
     text = results.read_text()
@@ -150,24 +181,31 @@ def test_archive_keeps_finished_runs_across_a_fresh_checkout(tmp_path):
     atomic_write(os.path.join(unfinished, "checkpoints", "ckpt-000000050.msgpack"), b"w")
     atomic_write(os.path.join(unfinished, "metrics.jsonl"), b'{"step": 50}\n')
 
-    R.report("cpu", str(out), str(results))
+    # Scored half way (experiments.evaluate on its newest checkpoint): not finished either.
+    short = _finished_run(out, "dreamer", 0, env_steps=30_000)
+    atomic_write(
+        os.path.join(short, "config.json"), json.dumps({"train": {"steps": 60_000}}).encode()
+    )
+
+    block = R.report("cpu", str(out), str(results))
     archive = tmp_path / "docs" / "results" / "runs_cpu"
     kept = archive / "mummi" / "walker_walk" / "seed0"
     assert sorted(os.listdir(kept)) == ["metrics.jsonl", "results.json"]
-    assert not (archive / "cvrl").exists()
+    assert not (archive / "cvrl").exists() and not (archive / "dreamer").exists()
+    assert "| 1 | dreamer | walker_walk | 0 | partial | 100 |" in block
 
     # A later run of the same name does not overwrite the archived record.
-    _finished_run(out, "mummi", 0, env_steps=999)
+    _finished_run(out, "mummi", 0, env_steps=61_000)
     assert R.archive_runs(str(out), str(archive)) == []
-    assert json.loads((kept / "results.json").read_text())["env_steps"] == 100
+    assert json.loads((kept / "results.json").read_text())["env_steps"] == 60_000
 
     # A fresh machine: the run directory is gone, the committed archive is not.
     import shutil
 
     shutil.rmtree(out)
-    assert R.status(str(out), "mummi", "walker_walk", 0, str(archive)) == ("done", 100)
+    assert R.status(str(out), "mummi", "walker_walk", 0, str(archive)) == ("done", 60_000)
     block = R.report("cpu", str(out), str(results))
-    assert "| 1 | mummi | walker_walk | 0 | done | 100 |" in block
+    assert "| 1 | mummi | walker_walk | 0 | done | 60000 |" in block
     assert "| walker_walk | mummi | none | 1 |" in block
     assert "docs/results/runs_cpu" in block
     assert "every run: `model.shared_noise=true`; per task: `walker_walk`: " in block
