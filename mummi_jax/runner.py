@@ -481,7 +481,7 @@ class Runner:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_due(self, stacked, counters, added) -> None:
-        """Evaluates (`train.eval_episodes`, validation backgrounds) every seed that crossed a
+        """Evaluates (`train.eval_episodes`, held-out backgrounds) every seed that crossed a
         multiple of `train.eval_every` env steps this round, and films the first episode when
         it also crossed one of `train.video_every`."""
         t = self.config.train
@@ -512,7 +512,7 @@ class Runner:
 
         Args:
           stacked: the stacked state (`restore`, `train`).
-          split: background split ("test": validation backgrounds); `missing`, `rate`: the
+          split: background split ("test": the held-out backgrounds); `missing`, `rate`: the
             missing-data process and rate (default the config's `env.missing` and
             `env.missing_eval`); `drop`: modalities the environment blanks out.
           policy: `policy(episode_seed) -> (obs, first) -> action` replaces the agent (e.g. a
