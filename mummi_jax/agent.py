@@ -163,13 +163,7 @@ class Agent:
         self.action_dim = int(np.prod(action_spec.shape))
         self.rep = config.rep_losses(self.modalities)
         self.weights = config.loss_weights(self.modalities)
-        self.weights_fused = float(
-            dict(
-                (p.partition("=")[0].strip(), float(p.partition("=")[2]))
-                for p in config.loss.weights.split(",")
-                if "=" in p
-            ).get("fused", 1.0)
-        )
+        self.weights_fused = config.fused_weight()
         self._batch_spec = _batch_key_spec(obs_spec, self.modalities, self.action_dim)
         shapes = {m: tuple(obs_spec[m].shape) for m in self.modalities}
         # CoRAL's crop (env.crop_margin > 0, coral.md §3.5): images arrive image_size +

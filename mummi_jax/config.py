@@ -367,6 +367,14 @@ class Config:
         )
         return {m: weights[m] for m in modalities}
 
+    def fused_weight(self) -> float:
+        """The weight of MuMMI-b's one term: `loss.weights`' `fused=`, or its bare value (as
+        a bare value weights every modality's term of the other methods)."""
+        weights = parse_per_modality(
+            self.loss.weights, ("fused",), float, "loss.weights", default=1.0, allow_extra=True
+        )
+        return weights["fused"]
+
 
 # ----------------------------------------------------------------------------- parsing
 def parse_per_modality(spec, modalities, cast, key, default=None, allow_extra=False):

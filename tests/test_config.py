@@ -249,6 +249,15 @@ def test_env_modalities_override_trims_the_presets_weights_but_checks_the_users(
         )
 
 
+def test_mummi_b_weighs_its_one_term_by_fused_or_by_a_bare_weight():
+    """A bare `loss.weights` scales every term of the other methods; MuMMI-b's one term must
+    not ignore it (it read only `fused=` before)."""
+    make = lambda *o: presets.make_config("mummi_b", "walker_walk", "tiny", overrides=list(o))
+    assert make().fused_weight() == 1.0
+    assert make("loss.weights=0.5").fused_weight() == 0.5
+    assert make("loss.weights=fused=2").fused_weight() == 2.0
+
+
 def test_a_run_saved_before_an_option_existed_resumes_at_its_default(tmp_path):
     config = presets.make_config("mummi", "walker_walk", "tiny")
     saved = json.loads(config.to_json())
