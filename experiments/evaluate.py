@@ -3,7 +3,8 @@
 MuMMI Table I (task != wipe): `train.test_episodes` episodes at each missing level of
 `env.missing_test` (none / medium / high), backgrounds of the "test" split (disjoint
 from training's). Table II (wipe): all modalities and the robot camera alone (workspace
-camera dropped), each with no missing data and with medium missing data. Mean, std and the actual missing fractions are recorded.
+camera dropped), each with no missing data and with medium missing data. Mean, std and the
+actual missing fractions are recorded.
 """
 
 from __future__ import annotations

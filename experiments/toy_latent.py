@@ -48,7 +48,17 @@ Metrics, per expert m, with means mu^m_n and stds sigma^m_n `(N, F)` over N obse
 - `distance`: mean_n ||mu^m_n - mu^k_n||_2, averaged over the other experts k, divided by
   the RMS spread of all experts' means around their joint centroid c,
   sqrt(mean_{n,k} ||mu^k_n - c||^2). 0: every expert maps each observation to the same
-  point (one shared latent space); ~1.41 (sqrt 2): two unrelated clouds of equal spread.
+  point (one shared latent space). Two independent clouds of equal spread and one centre
+  give 1.17 / 1.26 / 1.35 / 1.41 when they vary in 1 / 2 / 5 / 64 dimensions (a mean
+  distance over an RMS spread: sqrt 2 only in many dimensions), the same positions through
+  two unrelated linear maps about 1.35, an offset between the clouds' centres more. It
+  weighs directions by their variance: two experts sharing a strong x code but putting y
+  in orthogonal directions score about 0.1, and an aligned expert at half the gain 0.59.
+  Read it with `cross_r2`.
+- `cross_r2`: the held-out R^2 of the position decoder fitted on expert m's means, applied
+  to the other experts' means (their average over the others): equal to `r2` when the
+  experts share one space, about 0 or below when they code position in different directions
+  or gains (`cross_r2`).
 - `var`: mean_{n,d} (sigma^m_nd)^2. `var_ratio`: var of m over the mean var of the other
   experts (the paper's "camera expert predicts a much higher variance": var_ratio >> 1).
 - `poe_weight`: the expert's mean share of the PoE fusion weights, mean_{n,d} of
@@ -57,8 +67,8 @@ Metrics, per expert m, with means mu^m_n and stds sigma^m_n `(N, F)` over N obse
 
 Outputs (every file written atomically):
 
-- `DIR/metrics.json`: `{method: {expert: {"r2", "r2_x", "r2_y", "distance", "var",
-  "var_ratio", "poe_weight"}}}`, methods `mummi` and `recon_poe`, experts the modality
+- `DIR/metrics.json`: `{method: {expert: {"r2", "r2_x", "r2_y", "distance", "cross_r2",
+  "var", "var_ratio", "poe_weight"}}}`, methods `mummi` and `recon_poe`, experts the modality
   names of one variant: the Fig. 1 variant `toy_position_camera` (experts `position`,
   `camera`) when `--task=all` (the default), else the `--task` given.
 - `DIR/<variant>/metrics.json`: the same shape for every variant trained.
@@ -98,28 +108,58 @@ COMMON_OVERRIDES = ("behavior.learner=none", "behavior.planner=none", "env.missi
 
 
 # ----------------------------------------------------------------------------- metrics
-def linear_r2(x_train, y_train, x_test, y_test, ridge=1e-3):
-    """Held-out R^2 of a linear map with intercept, x `(N, F)` -> y `(N, D)`.
-
-    Least squares on z-scored features with a small ridge penalty `ridge * N_train` (a
-    fraction `ridge` of one unit-variance feature's sum of squares): numerically ordinary
-    least squares along the directions the means really vary in, but it keeps collinear
-    expert means (e.g. toy_xy's x expert, a 1-D curve in F dims) from blowing up the fit.
-    Returns `(r2, per_dim)`: R^2 pooled over the D outputs (a float) and one R^2 per
-    output `(D,)`, both against the held-out mean. ~1 for an exact linear relation, ~0 (a
-    little below) for independent noise; it can be negative.
-    """
-    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
-    y_train, y_test = np.asarray(y_train, np.float64), np.asarray(y_test, np.float64)
+def linear_fit(x_train, y_train, ridge=1e-3):
+    """A linear map with intercept, x `(N, F)` -> y `(N, D)`, fitted by least squares on
+    z-scored features with a small ridge penalty `ridge * N_train` (a fraction `ridge` of one
+    unit-variance feature's sum of squares): numerically ordinary least squares along the
+    directions the means really vary in, but it keeps collinear expert means (e.g. toy_xy's
+    x expert, a 1-D curve in F dims) from blowing up the fit. Returns `predict(x) -> y`,
+    which z-scores any `(n, F)` input with the training features' statistics."""
+    x_train = np.asarray(x_train, np.float64)
+    y_train = np.asarray(y_train, np.float64)
     mu, sd = x_train.mean(axis=0), x_train.std(axis=0)
     sd = np.where(sd > 1e-12, sd, 1.0)  # a constant feature stays zero after centring
-    a, b = (x_train - mu) / sd, (x_test - mu) / sd
+    a = (x_train - mu) / sd
     y_mean = y_train.mean(axis=0)
     gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
     coef = np.linalg.solve(gram, a.T @ (y_train - y_mean))
-    resid = np.square(y_test - (b @ coef + y_mean)).sum(axis=0)
+    return lambda x: ((np.asarray(x, np.float64) - mu) / sd) @ coef + y_mean
+
+
+def held_out_r2(y_test, y_pred):
+    """`(r2, per_dim)`: R^2 of predictions `(N, D)` pooled over the D outputs (a float) and
+    one per output `(D,)`, both against the held-out mean."""
+    y_test = np.asarray(y_test, np.float64)
+    resid = np.square(y_test - y_pred).sum(axis=0)
     total = np.square(y_test - y_test.mean(axis=0)).sum(axis=0)
     return float(1.0 - resid.sum() / total.sum()), 1.0 - resid / total
+
+
+def linear_r2(x_train, y_train, x_test, y_test, ridge=1e-3):
+    """Held-out R^2 of a linear map with intercept, x `(N, F)` -> y `(N, D)` (`linear_fit`).
+
+    Returns `(r2, per_dim)` (`held_out_r2`): ~1 for an exact linear relation, ~0 (a little
+    below) for independent noise; it can be negative.
+    """
+    return held_out_r2(y_test, linear_fit(x_train, y_train, ridge)(x_test))
+
+
+def cross_r2(means: dict, positions, n_train: int) -> dict:
+    """`{m: held-out R^2 of the position decoder fitted on expert m's means, read from each
+    other expert's means (averaged over them)}`. Experts that map every observation to one
+    point of one space share their decoder (cross_r2 = r2); experts that code the position
+    in different directions or gains of s^f do not (about 0 or below), whatever their
+    `distance`. `means`: `{m: (N, F)}`; `positions`: `(N, 2)`; rows before `n_train` fit."""
+    out = {}
+    for m, mu in means.items():
+        predict = linear_fit(mu[:n_train], positions[:n_train])
+        scores = [
+            held_out_r2(positions[n_train:], predict(other[n_train:]))[0]
+            for k, other in means.items()
+            if k != m
+        ]
+        out[m] = float(np.mean(scores))
+    return out
 
 
 def expert_distance(means: dict) -> dict:
@@ -184,11 +224,13 @@ def analyse(
 
     `experts`: `{m: (mean, std)}`, each `(N, F)`; `positions`: `(N, 2)` true positions;
     the first `n_train` rows fit the regression, the rest test it.
-    Returns `{m: {"r2", "r2_x", "r2_y", "distance", "var", "var_ratio", "poe_weight"}}`.
+    Returns `{m: {"r2", "r2_x", "r2_y", "distance", "cross_r2", "var", "var_ratio",
+    "poe_weight"}}`.
     """
     means = {m: mu for m, (mu, _) in experts.items()}
     stds = {m: sd for m, (_, sd) in experts.items()}
     dist = expert_distance(means)
+    cross = cross_r2(means, positions, n_train)
     var = variance_ratio(stds)
     share = poe_weight_share(stds, poe_form, prior_expert)
     out = {}
@@ -201,6 +243,7 @@ def analyse(
             "r2_x": float(per_dim[0]),
             "r2_y": float(per_dim[1]),
             "distance": dist[m],
+            "cross_r2": cross[m],
             "var": var[m][0],
             "var_ratio": var[m][1],
             "poe_weight": share[m],
@@ -511,7 +554,8 @@ def main(argv):
     for task, results in summary["variants"].items():
         for method, experts in results.items():
             row = ", ".join(
-                f"{m}: r2 {v['r2']:.2f} dist {v['distance']:.2f} var_ratio {v['var_ratio']:.2f}"
+                f"{m}: r2 {v['r2']:.2f} dist {v['distance']:.2f} cross_r2 {v['cross_r2']:.2f} "
+                f"var_ratio {v['var_ratio']:.2f}"
                 for m, v in experts.items()
             )
             print(f"{task} {method}: {row}; fused r2 {summary['fused_r2'][task][method]:.2f}")

@@ -30,8 +30,8 @@ positions). The numbers it measures (README, "Toy experiment"):
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 
 import numpy as np
@@ -125,9 +125,12 @@ def probe(
     batch = {k: np.stack([e[k] for e in eval_eps]) for k in eval_eps[0]}
     n_seq, length = batch["reward"].shape
     noise = agent.draw_noise(jax.random.PRNGKey(seed + 1), n_seq, length)
-    # No drops here: `modality_drop` only acts inside the loss, and the analysis needs
-    # every expert; the fused state, and so g(z), is the full PoE.
-    wm_loss = jax.jit(agent._world_model_loss)
+    # The analysis needs every expert in the fused state, and so in g(z): the trained
+    # parameters go through the same model without train-time drops (`loss.modality_drop`
+    # acts inside the world-model loss, which this calls).
+    full = tl.make_config(method, TASK, seed, 0.0, [*overrides, "env.missing=none"], image_size)
+    analysis = Agent(full, env.observation_spec(), env.action_spec())
+    wm_loss = jax.jit(analysis._world_model_loss)
     _, aux = wm_loss(wm, batch, noise, jax.random.PRNGKey(seed + 2))
     flat = lambda x: np.asarray(x, np.float64).reshape((n_seq * length, -1))
     g = flat(agent.nets.apply(wm, "g", features(aux["post"])))
@@ -173,14 +176,16 @@ def probe(
     res["angles"] = _angles(gains["camera"], gains["position"])
     for m, a in gains.items():
         res[f"gain_sv_{m}"] = np.linalg.svd(a, compute_uv=False).tolist()
-    half = len(pos) // 2
+    half = length * (n_seq // 2)  # the first half of the episodes fits, as in toy_latent
     for m, x in mu.items():
         res[f"r2_{m}"] = tl.linear_r2(x[:half], pos[:half], x[half:], pos[half:])[0]
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    np.savez_compressed(out + ".npz", g=g, camera=cam, position=posm, true_position=pos)
+    from mummi_jax.checkpoint import atomic_write
+
+    atomic_write(out + ".json", json.dumps(res, indent=1).encode())
+    buf = io.BytesIO()
+    np.savez_compressed(buf, g=g, camera=cam, position=posm, true_position=pos)
+    atomic_write(out + ".npz", buf.getvalue())
     return res
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from experiments import toy_latent as tl
 
-KEYS = {"r2", "r2_x", "r2_y", "distance", "var", "var_ratio", "poe_weight"}
+KEYS = {"r2", "r2_x", "r2_y", "distance", "cross_r2", "var", "var_ratio", "poe_weight"}
 
 
 def test_r2_of_exact_linear_relation_is_one():
@@ -67,6 +67,28 @@ def test_distance_of_a_known_case():
     rng = np.random.default_rng(5)
     far = tl.expert_distance({"a": rng.normal(size=(500, 400)), "b": rng.normal(size=(500, 400))})
     assert far["a"] == pytest.approx(math.sqrt(2), rel=0.02)
+
+
+def test_cross_r2_tells_a_shared_code_from_a_low_distance():
+    """`distance` can be small for experts that share a strong x code but put y in other
+    directions; the decoder of one read from the other shows it."""
+    rng = np.random.default_rng(6)
+    pos = rng.uniform(-1, 1, (600, 2))
+    x, y = pos[:, :1], pos[:, 1:]
+    zeros = np.zeros((600, 1))
+    a = np.concatenate([10 * x, y, zeros], axis=1)  # y in dimension 1
+    b = np.concatenate([10 * x, zeros, y], axis=1)  # y in dimension 2
+    assert tl.expert_distance({"a": a, "b": b})["a"] < 0.2
+    cross = tl.cross_r2({"a": a, "b": b}, pos, 300)
+    assert cross["a"] == pytest.approx(0.5, abs=0.05)  # x read right, y not at all
+    # One space, the same point per observation up to noise: the decoder carries over.
+    shared = {"a": a, "b": a + rng.normal(scale=0.01, size=a.shape)}
+    assert min(tl.cross_r2(shared, pos, 300).values()) > 0.99
+    # Unrelated linear codes of the same positions: nothing carries over.
+    other = pos @ rng.normal(size=(2, 3))
+    assert (
+        max(tl.cross_r2({"a": pos @ rng.normal(size=(2, 3)), "b": other}, pos, 300).values()) < 0.5
+    )
 
 
 def test_variance_ratio_and_poe_weight_of_a_known_case():
