@@ -232,10 +232,10 @@ def holder(out: str, method: str, task: str, seed: int) -> dict | None:
 def archive_runs(out: str, archive: str) -> list[str]:
     """Copies the record (ARCHIVED) of every finished run under OUT (each directory holding a
     results.json of a run trained to its config's `train.steps`, random baselines included)
-    into the same place under `archive`, each file
-    written to a temporary name and renamed. A run already archived is not overwritten: the
-    archive is the record, and a logdir re-created with the same name is a different run.
-    Returns the run directories copied, relative to OUT."""
+    into the same place under `archive`, each file written to a temporary name and renamed.
+    A run already archived is not overwritten: the archive is the record, and a logdir
+    re-created with the same name is a different run. Returns the run directories copied,
+    relative to OUT."""
     from mummi_jax.checkpoint import atomic_write
 
     copied = []
