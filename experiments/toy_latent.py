@@ -49,16 +49,16 @@ Metrics, per expert m, with means mu^m_n and stds sigma^m_n `(N, F)` over N obse
   the RMS spread of all experts' means around their joint centroid c,
   sqrt(mean_{n,k} ||mu^k_n - c||^2). 0: every expert maps each observation to the same
   point (one shared latent space). Two independent clouds of equal spread and one centre
-  give 1.17 / 1.26 / 1.35 / 1.41 when they vary in 1 / 2 / 5 / 64 dimensions (a mean
-  distance over an RMS spread: sqrt 2 only in many dimensions), the same positions through
-  two unrelated linear maps about 1.35, an offset between the clouds' centres more. It
-  weighs directions by their variance: two experts sharing a strong x code but putting y
-  in orthogonal directions score about 0.1, and an aligned expert at half the gain 0.59.
-  Read it with `cross_r2`.
+  give 1.13 / 1.25 / 1.34 / 1.41 when they vary in 1 / 2 / 5 / 64 dimensions (a mean
+  distance over an RMS spread: sqrt 2 only in many dimensions), an offset between the
+  clouds' centres more. It weighs directions by their variance: two experts sharing an x
+  code ten times stronger than y but putting y in orthogonal directions score 0.12, an
+  aligned expert at half the gain 0.59 (RESULTS.md, "Scripts behind the thirty-first
+  sitting's hand-measured figures"). Read it with `cross_r2`.
 - `cross_r2`: the held-out R^2 of the position decoder fitted on expert m's means, applied
   to the other experts' means (their average over the others): equal to `r2` when the
   experts share one space, about 0 or below when they code position in different directions
-  or gains (`cross_r2`).
+  or gains.
 - `var`: mean_{n,d} (sigma^m_nd)^2. `var_ratio`: var of m over the mean var of the other
   experts (the paper's "camera expert predicts a much higher variance": var_ratio >> 1).
 - `poe_weight`: the expert's mean share of the PoE fusion weights, mean_{n,d} of

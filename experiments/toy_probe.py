@@ -112,9 +112,12 @@ def probe(
     env = envs.make(**env_kwargs_from_config(config), seed=seed)
     modalities = task_modalities(TASK)
     train_eps = tl.collect(env, modalities, range(episodes), seed)
-    # Analysis data stays clean when an override adds a missing-data process to training.
-    clean = tl.make_config(method, TASK, seed, drop, [*overrides, "env.missing=none"], image_size)
-    env = envs.make(**env_kwargs_from_config(clean), seed=seed)
+    # Analysis data stays clean when an override adds a missing-data process to training,
+    # and every expert is in the fused state, and so in g(z): the trained parameters go
+    # through the same model without train-time drops (`loss.modality_drop` acts inside the
+    # world-model loss, which the analysis calls).
+    full = tl.make_config(method, TASK, seed, 0.0, [*overrides, "env.missing=none"], image_size)
+    env = envs.make(**env_kwargs_from_config(full), seed=seed)
     eval_eps = tl.collect(
         env, modalities, range(10_000, 10_000 + eval_episodes), seed, ("true_position",)
     )
@@ -125,10 +128,6 @@ def probe(
     batch = {k: np.stack([e[k] for e in eval_eps]) for k in eval_eps[0]}
     n_seq, length = batch["reward"].shape
     noise = agent.draw_noise(jax.random.PRNGKey(seed + 1), n_seq, length)
-    # The analysis needs every expert in the fused state, and so in g(z): the trained
-    # parameters go through the same model without train-time drops (`loss.modality_drop`
-    # acts inside the world-model loss, which this calls).
-    full = tl.make_config(method, TASK, seed, 0.0, [*overrides, "env.missing=none"], image_size)
     analysis = Agent(full, env.observation_spec(), env.action_spec())
     wm_loss = jax.jit(analysis._world_model_loss)
     _, aux = wm_loss(wm, batch, noise, jax.random.PRNGKey(seed + 2))
