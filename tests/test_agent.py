@@ -493,6 +493,35 @@ def test_paper_fidelity_imagines_eq18_from_the_start_state():
         np.testing.assert_allclose(metrics["actor/loss"], want, rtol=1e-4)
 
 
+def test_update_reports_the_actors_spread_and_saturation():
+    """`actor/std` and `actor/saturated` read the actor on the imagination starts: a fresh
+    actor has its initial std (about 5) and nothing at a bound; one whose last layer outputs
+    means far past the cap and a collapsed std reads std 1e-4 and every dimension saturated."""
+    spec = toy_spec()
+    cfg = presets.make_config("mummi", "toy_position_camera", "tiny", overrides=TINY)
+    agent = Agent(cfg, spec, ACTION2)
+    state = agent.init(jax.random.key(0))
+    batch = jax.tree.map(lambda x: x[0], fixed_batch(agent, spec, 1, 4, 6))
+    noise = agent.draw_noise(jax.random.key(3), 4, 6)
+    _, metrics, _ = agent.inspect_update(state, batch, noise)
+    assert 4.0 < float(metrics["actor/std"]) < 6.0
+    assert float(metrics["actor/saturated"]) == 0.0
+
+    def pinned(path, x):  # the last layer: raw means +-50, raw stds -50
+        name = jax.tree_util.keystr(path)
+        if x.shape == (4,) and "bias" in name:
+            return jnp.array([50.0, -50.0, -50.0, -50.0], x.dtype)
+        if x.shape[-1:] == (4,) or x.shape[:1] == (4,):
+            return jnp.zeros_like(x)
+        return x
+
+    actor = jax.tree_util.tree_map_with_path(pinned, state.params["actor"])
+    state = state.replace(params={**state.params, "actor": actor})
+    _, metrics, _ = agent.inspect_update(state, batch, noise)
+    np.testing.assert_allclose(float(metrics["actor/std"]), 1e-4, rtol=1e-3)
+    assert float(metrics["actor/saturated"]) == 1.0
+
+
 def test_per_row_noise_averages_the_value_gradient_over_the_batch():
     """`model.shared_noise` (the released sampler) perturbs every imagined trajectory of a
     batch alike, so the value's regression targets move together and the batch mean does

@@ -204,6 +204,14 @@ def test_g_head_is_one_dense_layer_ending_in_the_reference_relu(activation):
 
 
 # ----------------------------------------------------------------------------- actor
+def test_saturated_needs_a_large_mean_and_a_small_spread():
+    """A dimension is saturated when its pre-tanh mean is past 2 and more than 2 std from 0."""
+    d = dist.TanhNormal(jnp.array([3.0, 3.0, -1.0, -4.0]), jnp.array([1.0, 2.0, 0.1, 0.1]))
+    np.testing.assert_array_equal(d.saturated(), [True, False, False, True])
+    # A fresh actor (zero raw outputs: mean 0, std 5) holds nothing at a bound.
+    assert not np.any(dist.actor_distribution(jnp.zeros((3, 4))).saturated())
+
+
 def test_actor_distribution_parameterisation_by_hand():
     raw = jnp.array([[3.0, -1.0]])  # A = 1: [raw mean, raw std]
     d = dist.actor_distribution(raw)
