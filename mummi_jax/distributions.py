@@ -149,9 +149,10 @@ class TanhNormal:
 
     def saturated(self, threshold: float = 2.0) -> jax.Array:
         """`(..., A)` booleans: the pre-tanh mean beyond `threshold` in magnitude (tanh 0.96
-        at 2) and more than `threshold` standard deviations from 0, so that the action sits
-        at one bound whatever the sample. There the actor's gradient through tanh nearly
-        vanishes (1.8e-4 at Dreamer v1's cap of 5): RESULTS.md, "Why learning starts late"."""
+        at 2) and more than `threshold` standard deviations from 0, so that nearly every
+        sample (97.7 % at 2) lands on the mean's side, near its bound. There the actor's
+        gradient through tanh nearly vanishes (1.8e-4 at Dreamer v1's cap of 5): RESULTS.md,
+        "Why learning starts late"."""
         magnitude = jnp.abs(self.mean)
         return (magnitude > threshold) & (magnitude > threshold * self.std)
 
